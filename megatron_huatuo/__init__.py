@@ -1,0 +1,1 @@
+"""megatron-huatuo: HuatuoGPT-II one-stage medical adaptation on Megatron-Core."""

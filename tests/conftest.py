@@ -1,0 +1,52 @@
+"""Shared test fixtures.
+
+Real third-party data (tokenizers, corpora, SFT sets) lives in ``../shared/data`` beside the checkout and is never
+committed; tests that need it take the ``shared_data`` fixture and are skipped with a clear reason when it is absent.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``$HUATUO_SHARED_DATA`` or ``<checkout>/../shared/data``."""
+    env = os.environ.get("HUATUO_SHARED_DATA")
+    return Path(env) if env else (REPO_ROOT.parent / "shared" / "data")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if not path.is_dir():
+        pytest.skip(f"shared test data not found at {path} (set HUATUO_SHARED_DATA to point at it)")
+    return path
+
+
+def shared_file(relative: str) -> Path:
+    """Path of one shared data file, or skip the calling test naming the missing file."""
+    path = shared_data_dir() / relative
+    if not path.exists():
+        pytest.skip(f"shared test data file missing: {path}")
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests are skipped cleanly when CUDA is unavailable, even if selected explicitly with -m gpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs CUDA; this machine has none")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
