@@ -18,6 +18,7 @@ On a machine with CUDA, ``enable_cpu_compat()`` does nothing.
 """
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 
@@ -90,6 +91,13 @@ def _patch_rng_tracker() -> None:
     mp_random._set_cuda_rng_state = set_state
 
 
+class _SameGeneratorFilter(logging.Filter):
+    """On CPU the tracker's "CUDA" generator *is* the CPU generator, so its drift warning is always true."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "CPU RNG state changed within GPU RNG context" not in record.getMessage()
+
+
 def enable_cpu_compat() -> bool:
     """Map megatron-core's CUDA assumptions to the CPU. Idempotent; returns True when the mapping is active."""
     global _ENABLED
@@ -107,6 +115,7 @@ def enable_cpu_compat() -> bool:
         torch.cuda.manual_seed_all = lambda seed: None
         torch.cuda.empty_cache = lambda: None
         _patch_rng_tracker()
+        logging.getLogger("megatron.core.tensor_parallel.random").addFilter(_SameGeneratorFilter())
         _CudaToCpuMode().__enter__()  # stays pushed for the life of the process
         _ENABLED = True
     return True
