@@ -1,0 +1,5 @@
+import sys
+
+from megatron_huatuo.eval.cli import main
+
+sys.exit(main())
