@@ -16,6 +16,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
@@ -140,8 +141,9 @@ def read_launch_env(env: Optional[Mapping[str, str]] = None) -> LaunchEnv:
             master_port=_int_env(env, "MASTER_PORT") if "MASTER_PORT" in env else DEFAULT_MASTER_PORT,
             launcher="slurm",
         )
+    # A lone process (a notebook, a unit test): any free local port, so parallel jobs on one machine never collide.
     return LaunchEnv(0, 1, 0, env.get("MASTER_ADDR", "127.0.0.1"),
-                     _int_env(env, "MASTER_PORT") if "MASTER_PORT" in env else DEFAULT_MASTER_PORT, "single")
+                     _int_env(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port(), "single")
 
 
 def check_parallel_split(world_size: int, tensor_parallel: int, pipeline_parallel: int, context_parallel: int = 1,
@@ -240,6 +242,12 @@ def initialize(
         data_parallel=world_size // (tensor_parallel * pipeline_parallel * context_parallel),
         launcher=launch.launcher,
     )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _url_host(addr: str) -> str:

@@ -1,0 +1,125 @@
+"""ALiBi attention (Baichuan2-13B) as a megatron-core core-attention module of ours.
+
+megatron-core 0.16 has no ALiBi and its ``DotProductAttention`` refuses an attention bias, so
+:class:`AlibiDotProductAttention` subclasses it (same constructor, same sharded state, same place in the layer
+spec: ``SelfAttention.submodules.core_attention``) and computes::
+
+    scores[b, h, i, j] = (q_i . k_j) / sqrt(head_dim) + slope_h * (j - i)      (masked where j > i or masked)
+    probs = softmax(scores)  (in fp32),   context = probs @ v
+
+- Slopes (Press et al., "Train Short, Test Long"): for n heads, a power of two, ``slope_k = 2^(-8 k / n)``,
+  k = 1..n. Otherwise the slopes of the nearest lower power of two m, followed by every other slope of 2m
+  (the interleaved extras) until there are n; this is what Baichuan2-13B uses for its 40 heads.
+- Tensor parallel: heads are split over TP ranks in order, so rank r keeps slopes[r*n/tp : (r+1)*n/tp].
+- Masks: with no ``attention_mask`` the causal mask is applied; with the boolean [B, 1, S, S] mask the trainer
+  builds from ``segment_ids`` (True = masked) that mask is used as is. Because the bias is ``slope*(j-i)``
+  and a segment's tokens are contiguous, the bias inside a packed segment equals the bias of that document
+  alone (softmax is invariant to a per-row constant), i.e. ALiBi distances are measured within the segment.
+- Baichuan's code adds ``slope*j`` (one row for all queries) instead of ``slope*(j-i)``: the difference is a
+  constant per query row, which softmax ignores, so the probabilities are the same.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from megatron.core import tensor_parallel
+from megatron.core.transformer.dot_product_attention import DotProductAttention
+from megatron.core.transformer.enums import AttnMaskType
+
+
+def alibi_slopes(num_heads: int) -> List[float]:
+    """The ALiBi slope of every head, in head order (interleaved extras for a non-power-of-two count)."""
+    if num_heads < 1:
+        raise ValueError(f"num_heads must be positive, got {num_heads}")
+
+    def power_of_two_slopes(n: int) -> List[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (k + 1) for k in range(n)]
+
+    if num_heads & (num_heads - 1) == 0:
+        return power_of_two_slopes(num_heads)
+    closest = 2 ** int(math.floor(math.log2(num_heads)))
+    extra = alibi_slopes(2 * closest)[0::2][: num_heads - closest]
+    return power_of_two_slopes(closest) + extra
+
+
+def local_alibi_slopes(num_heads: int, tp_rank: int, tp_size: int) -> Tensor:
+    """The slopes of the heads that tensor-parallel rank ``tp_rank`` of ``tp_size`` owns (fp32 tensor)."""
+    if num_heads % tp_size:
+        raise ValueError(f"{num_heads} attention heads cannot be split over tensor_parallel={tp_size}")
+    per_rank = num_heads // tp_size
+    slopes = alibi_slopes(num_heads)[tp_rank * per_rank : (tp_rank + 1) * per_rank]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def alibi_bias(slopes: Tensor, seq_q: int, seq_k: int, device=None) -> Tensor:
+    """Bias [heads, seq_q, seq_k] = slope * (j - i), queries aligned to the end of the keys."""
+    q_pos = torch.arange(seq_k - seq_q, seq_k, device=device, dtype=torch.float32)
+    k_pos = torch.arange(seq_k, device=device, dtype=torch.float32)
+    distance = k_pos.view(1, -1) - q_pos.view(-1, 1)
+    return slopes.to(device=device, dtype=torch.float32).view(-1, 1, 1) * distance
+
+
+class AlibiDotProductAttention(DotProductAttention):
+    """megatron-core's unfused core attention plus the ALiBi bias of this rank's heads."""
+
+    def __init__(self, config, layer_number, attn_mask_type, attention_type, attention_dropout=None,
+                 softmax_scale=None, cp_comm_type=None, pg_collection=None):
+        super().__init__(config, layer_number, attn_mask_type, attention_type, attention_dropout=attention_dropout,
+                         softmax_scale=softmax_scale, cp_comm_type=cp_comm_type, pg_collection=pg_collection)
+        if self.config.apply_query_key_layer_scaling:
+            raise ValueError("ALiBi attention does not support apply_query_key_layer_scaling")
+        if self.config.softmax_type != "vanilla":
+            raise ValueError(f"ALiBi attention supports softmax_type='vanilla' only, not {self.config.softmax_type!r}")
+        slopes = local_alibi_slopes(config.num_attention_heads, self.tp_group.rank(), self.tp_group.size())
+        # A buffer (not a parameter): it follows the module to its device, is never trained and not checkpointed.
+        self.register_buffer("alibi_slopes", slopes, persistent=False)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attention_mask: Optional[Tensor],
+        attn_mask_type: Optional[AttnMaskType] = None,
+        attention_bias: Optional[Tensor] = None,
+        packed_seq_params=None,
+    ) -> Tensor:
+        """query [sq, b, np, hn], key/value [sk, b, ng, hn] -> context [sq, b, np*hn]."""
+        if packed_seq_params is not None:
+            raise ValueError("ALiBi attention takes packed documents as a segment attention_mask, not packed_seq_params")
+        if attention_bias is not None:
+            raise ValueError("ALiBi attention computes its own bias; attention_bias must be None")
+        heads, groups = self.num_attention_heads_per_partition, self.num_query_groups_per_partition
+        if heads // groups > 1:
+            key = key.repeat_interleave(heads // groups, dim=2)
+            value = value.repeat_interleave(heads // groups, dim=2)
+        sq, sk = query.size(0), key.size(0)
+        q = query.permute(1, 2, 0, 3)  # [b, np, sq, hn]
+        k = key.permute(1, 2, 3, 0)  # [b, np, hn, sk]
+        v = value.permute(1, 2, 0, 3)  # [b, np, sk, hn]
+        scores = torch.matmul(q, k).float() * self.softmax_scale
+        scores = scores + alibi_bias(self.alibi_slopes, sq, sk, device=scores.device).unsqueeze(0)
+
+        if attention_mask is None:
+            mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
+            if mask_type == AttnMaskType.causal:
+                attention_mask = torch.ones(sq, sk, dtype=torch.bool, device=scores.device).triu(sk - sq + 1)
+        if attention_mask is not None:
+            # The most negative finite value rather than -inf: a fully masked row gives uniform probabilities
+            # instead of NaN (the segment mask never masks a token's own position anyway).
+            scores = scores.masked_fill(attention_mask.to(torch.bool), torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1).to(query.dtype)
+
+        if not self.config.sequence_parallel:
+            with tensor_parallel.get_cuda_rng_tracker().fork():
+                probs = self.attention_dropout(probs)
+        else:
+            probs = self.attention_dropout(probs)
+
+        context = torch.matmul(probs, v)  # [b, np, sq, hn]
+        return context.permute(2, 0, 1, 3).reshape(sq, query.size(1), self.hidden_size_per_partition)

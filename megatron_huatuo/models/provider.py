@@ -1,0 +1,237 @@
+"""The one place that turns an :class:`ArchSpec` into megatron-core objects.
+
+- :func:`transformer_config` -> ``TransformerConfig`` (architecture + parallelism + precision + recomputation);
+- :func:`layer_spec` -> the transformer-layer ``ModuleSpec`` (megatron-core local modules, or Transformer Engine
+  modules), with our ALiBi core attention swapped in for ALiBi architectures;
+- :func:`build_model` -> one ``GPTModel`` chunk (NormHead output layer for Baichuan2);
+- :func:`build_model_chunks` -> this rank's chunks (one, or one per virtual stage with the interleaved schedule).
+
+Keeping construction here means a later move to megatron-core's ``HybridModel`` or another release touches one file.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib.util
+from typing import Any, List, Optional
+
+import torch
+
+from megatron_huatuo.models.registry import ArchSpec, get_arch
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+RECOMPUTE = ("none", "selective", "full")
+TRANSFORMER_IMPLS = ("local", "transformer_engine")
+
+
+def have_transformer_engine() -> bool:
+    """True when Transformer Engine for PyTorch can be imported (and a GPU exists for it to run on)."""
+    return torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None
+
+
+def _as_arch(arch: ArchSpec | str) -> ArchSpec:
+    return get_arch(arch) if isinstance(arch, str) else arch
+
+
+def transformer_config(
+    arch: ArchSpec | str,
+    *,
+    tensor_parallel: int = 1,
+    pipeline_parallel: int = 1,
+    virtual_pipeline: Optional[int] = None,
+    context_parallel: int = 1,
+    sequence_parallel: bool = False,
+    precision: str = "fp32",
+    fp8: Optional[str] = None,
+    fp8_recipe: str = "delayed",
+    recompute: str = "none",
+    recompute_num_layers: Optional[int] = None,
+    num_layers: Optional[int] = None,
+    attention_dropout: float = 0.0,
+    hidden_dropout: float = 0.0,
+    **extra: Any,
+):
+    """A megatron-core ``TransformerConfig`` for ``arch``.
+
+    ``precision``: fp32 | bf16 | fp16 (parameters and pipeline messages in that dtype; bf16 trains with fp32 main
+    weights through the mixed-precision optimizer). ``fp8``: None | "hybrid" | "e4m3" (needs Transformer Engine;
+    ``fp8_recipe`` is TE's scaling recipe). ``recompute``: none | selective (core attention) | full (whole layers,
+    uniform, ``recompute_num_layers`` per group, default 1). ``num_layers`` overrides the depth (reduced-depth
+    benchmarks). Any other keyword is a ``TransformerConfig`` field (unknown names are an error).
+    """
+    from megatron.core.transformer import TransformerConfig
+
+    arch = _as_arch(arch)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if recompute not in RECOMPUTE:
+        raise ValueError(f"recompute must be one of {RECOMPUTE}, got {recompute!r}")
+    if fp8 is not None:
+        if fp8 not in ("hybrid", "e4m3"):
+            raise ValueError(f"fp8 must be None, 'hybrid' or 'e4m3', got {fp8!r}")
+        if not have_transformer_engine():
+            raise RuntimeError(
+                f"fp8={fp8!r} needs Transformer Engine on a CUDA machine (pip install 'megatron-huatuo[gpu]'); "
+                "it is not importable here"
+            )
+    if sequence_parallel and tensor_parallel < 2:
+        raise ValueError("sequence_parallel needs tensor_parallel >= 2")
+    layers = num_layers or arch.num_layers
+    for name, size in (("num_attention_heads", arch.num_attention_heads),
+                       ("num_query_groups", arch.num_query_groups), ("ffn_hidden_size", arch.ffn_hidden_size),
+                       ("vocab_size", arch.vocab_size)):
+        if size % tensor_parallel:
+            raise ValueError(f"arch {arch.name}: {name}={size} is not divisible by tensor_parallel={tensor_parallel}")
+    stages = pipeline_parallel * (virtual_pipeline or 1)
+    if layers % stages:
+        raise ValueError(
+            f"arch {arch.name}: {layers} layers cannot be split evenly over pipeline_parallel={pipeline_parallel}"
+            f" x virtual_pipeline={virtual_pipeline or 1}"
+        )
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    kwargs: dict[str, Any] = dict(
+        num_layers=layers,
+        hidden_size=arch.hidden_size,
+        num_attention_heads=arch.num_attention_heads,
+        num_query_groups=arch.num_query_groups,
+        ffn_hidden_size=arch.ffn_hidden_size,
+        kv_channels=arch.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=arch.norm_eps,
+        gated_linear_unit=True,
+        activation_func=torch.nn.functional.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        init_method_std=arch.init_method_std,
+        attention_dropout=attention_dropout,
+        hidden_dropout=hidden_dropout,
+        attention_softmax_in_fp32=True,
+        apply_query_key_layer_scaling=False,
+        tensor_model_parallel_size=tensor_parallel,
+        pipeline_model_parallel_size=pipeline_parallel,
+        virtual_pipeline_model_parallel_size=virtual_pipeline if virtual_pipeline and virtual_pipeline > 1 else None,
+        context_parallel_size=context_parallel,
+        sequence_parallel=sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+    )
+    if fp8 is not None:
+        kwargs.update(fp8=fp8, fp8_recipe=fp8_recipe)
+    if recompute == "selective":
+        kwargs.update(recompute_granularity="selective", recompute_modules=["core_attn"])
+    elif recompute == "full":
+        kwargs.update(recompute_granularity="full", recompute_method="uniform",
+                      recompute_num_layers=recompute_num_layers or 1)
+    known = {f.name for f in dataclasses.fields(TransformerConfig)}
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise TypeError(f"unknown TransformerConfig field(s): {unknown}")
+    kwargs.update(extra)
+    return TransformerConfig(**kwargs)
+
+
+def layer_spec(arch: ArchSpec | str, config, *, transformer_impl: str = "local", masked_segments: bool = False):
+    """The transformer-layer ``ModuleSpec`` for ``arch``.
+
+    ``transformer_impl``: "local" (megatron-core's own modules; CPU and GPU) or "transformer_engine" (TE modules;
+    required for FP8). ``masked_segments``: True when the caller passes an explicit ``attention_mask`` (packed,
+    isolated documents from ``segment_ids``). The attention is then declared ``arbitrary`` so fused causal
+    kernels cannot ignore the mask; with False the model is plain causal and the mask argument should be None.
+    """
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_local_spec,
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+    from megatron.core.transformer.enums import AttnMaskType
+
+    arch = _as_arch(arch)
+    if transformer_impl not in TRANSFORMER_IMPLS:
+        raise ValueError(f"transformer_impl must be one of {TRANSFORMER_IMPLS}, got {transformer_impl!r}")
+    if getattr(config, "fp8", None) and transformer_impl != "transformer_engine":
+        raise ValueError("fp8 training needs transformer_impl='transformer_engine'")
+    if transformer_impl == "transformer_engine":
+        if not have_transformer_engine():
+            raise RuntimeError("transformer_impl='transformer_engine' but Transformer Engine is not importable here")
+        spec = get_gpt_layer_with_transformer_engine_spec()
+    else:
+        spec = get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec = copy.deepcopy(spec)
+    attention = spec.submodules.self_attention
+    attention.params = dict(attention.params or {})
+    attention.params["attn_mask_type"] = AttnMaskType.arbitrary if masked_segments else AttnMaskType.causal
+    if arch.position_embedding == "alibi":
+        from megatron_huatuo.models.alibi import AlibiDotProductAttention
+
+        # Our bias-aware core attention, also under the TE spec (TE's linear layers and fused norms are kept).
+        attention.submodules.core_attention = AlibiDotProductAttention
+    return spec
+
+
+def build_model(
+    arch: ArchSpec | str,
+    config,
+    pre_process: bool = True,
+    post_process: bool = True,
+    vp_stage: Optional[int] = None,
+    *,
+    transformer_impl: str = "local",
+    masked_segments: bool = False,
+    max_sequence_length: Optional[int] = None,
+    parallel_output: bool = True,
+):
+    """One megatron-core ``GPTModel`` (chunk) of ``arch`` on this rank's device.
+
+    The caller's ``config`` decides parallelism and precision (see :func:`transformer_config`).
+    ``pre_process``/``post_process``: whether this chunk holds the embedding / the final norm and output layer.
+    Baichuan2 gets the NormHead output layer; ALiBi architectures get no rotary embedding.
+    """
+    from megatron.core.models.gpt import GPTModel
+
+    from megatron_huatuo.models.norm_head import NormHeadColumnParallelLinear
+
+    arch = _as_arch(arch)
+    if arch.norm_head and arch.tie_embeddings:
+        raise ValueError(f"arch {arch.name}: NormHead cannot be tied to the input embedding")
+    spec = layer_spec(arch, config, transformer_impl=transformer_impl, masked_segments=masked_segments)
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=spec,
+        vocab_size=arch.vocab_size,
+        max_sequence_length=max_sequence_length or arch.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=parallel_output,
+        share_embeddings_and_output_weights=arch.tie_embeddings,
+        position_embedding_type="rope" if arch.position_embedding == "rope" else "none",
+        rotary_base=int(arch.rotary_base),
+        vp_stage=vp_stage,
+    )
+    if arch.norm_head and post_process:
+        NormHeadColumnParallelLinear.adopt(model.output_layer)
+    return model
+
+
+def build_model_chunks(arch: ArchSpec | str, config, **kwargs) -> List[torch.nn.Module]:
+    """This rank's model chunks: one per virtual pipeline stage (one chunk without the interleaved schedule).
+
+    Requires ``megatron_huatuo.runtime.initialize`` to have created the model-parallel groups.
+    """
+    from megatron.core import parallel_state as ps
+
+    vpp = ps.get_virtual_pipeline_model_parallel_world_size()
+    if vpp is None or vpp == 1:
+        return [build_model(arch, config, ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage(), **kwargs)]
+    return [
+        build_model(
+            arch,
+            config,
+            ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=stage),
+            ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=stage),
+            vp_stage=stage,
+            **kwargs,
+        )
+        for stage in range(vpp)
+    ]
