@@ -117,6 +117,11 @@ def transformer_config(
         pipeline_dtype=dtype,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
+        # gloo matches point-to-point messages between two ranks in posting order, and the batched path posts
+        # sends and receives in an order that pairs an activation with a gradient when both pipeline
+        # neighbours are the same rank (PP=2, interleaved): measured wrong losses. The unbatched path orders
+        # even/odd ranks so they pair up, so CPU runs use it.
+        batch_p2p_comm=torch.cuda.is_available(),
     )
     if fp8 is not None:
         kwargs.update(fp8=fp8, fp8_recipe=fp8_recipe)
@@ -159,6 +164,12 @@ def layer_spec(arch: ArchSpec | str, config, *, transformer_impl: str = "local",
     else:
         spec = get_gpt_layer_local_spec(normalization="RMSNorm")
     spec = copy.deepcopy(spec)
+    if transformer_impl == "local":
+        from megatron_huatuo.models.norms import RMSNorm
+
+        # megatron-core's torch norm refuses sequence parallelism; ours flags its weight for the TP grad sum.
+        spec.submodules.input_layernorm = RMSNorm
+        spec.submodules.pre_mlp_layernorm = RMSNorm
     attention = spec.submodules.self_attention
     attention.params = dict(attention.params or {})
     attention.params["attn_mask_type"] = AttnMaskType.arbitrary if masked_segments else AttnMaskType.causal
@@ -168,6 +179,24 @@ def layer_spec(arch: ArchSpec | str, config, *, transformer_impl: str = "local",
         # Our bias-aware core attention, also under the TE spec (TE's linear layers and fused norms are kept).
         attention.submodules.core_attention = AlibiDotProductAttention
     return spec
+
+
+def block_spec(arch: ArchSpec | str, config, vp_stage: Optional[int] = None, *, transformer_impl: str = "local",
+               masked_segments: bool = False):
+    """The decoder-block spec of this pipeline stage: :func:`layer_spec` repeated, and our final norm.
+
+    Given only a layer spec, megatron-core picks the final norm itself (Apex, else torch's, which refuses
+    sequence parallelism); giving the block spec keeps the final norm consistent with the layers.
+    """
+    from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
+
+    layer = layer_spec(arch, config, transformer_impl=transformer_impl, masked_segments=masked_segments)
+    if transformer_impl == "transformer_engine":
+        from megatron.core.extensions.transformer_engine import TENorm as final_norm
+    else:
+        from megatron_huatuo.models.norms import RMSNorm as final_norm
+    count = get_num_layers_to_build(config, vp_stage=vp_stage)
+    return TransformerBlockSubmodules(layer_specs=[layer] * count, layer_norm=final_norm)
 
 
 def build_model(
@@ -195,7 +224,7 @@ def build_model(
     arch = _as_arch(arch)
     if arch.norm_head and arch.tie_embeddings:
         raise ValueError(f"arch {arch.name}: NormHead cannot be tied to the input embedding")
-    spec = layer_spec(arch, config, transformer_impl=transformer_impl, masked_segments=masked_segments)
+    spec = block_spec(arch, config, vp_stage, transformer_impl=transformer_impl, masked_segments=masked_segments)
     model = GPTModel(
         config=config,
         transformer_layer_spec=spec,
@@ -211,6 +240,8 @@ def build_model(
     )
     if arch.norm_head and post_process:
         NormHeadColumnParallelLinear.adopt(model.output_layer)
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
     return model
 
 
