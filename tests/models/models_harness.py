@@ -1,0 +1,194 @@
+"""Work done inside the spawned gloo processes of the model tests (module-level so ``spawn`` can import it).
+
+One call of :func:`family_checks` per test session runs, for every tiny family, in a 2-process gloo group:
+
+1. TP=1/PP=1 (data parallel 2, same batch on both ranks): a model from a fixed seed; its weights, its logits
+   (plain causal, and with a one-segment mask), logits of a packed two-document row and of each document alone,
+   and one training step's loss and gradients (DDP, ``get_forward_backward_func``, 4 micro-batches);
+2. the same step from the *same weights* under TP=2, TP=2 + sequence parallel, PP=2 (1F1B) and PP=2 x VPP=2
+   (interleaved); loss and every rank's gradient shards come back to the test, which compares them.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+SEQ = 16
+MICRO_BATCH = 2
+MICRO_BATCHES = 4
+# (tensor_parallel, pipeline_parallel, virtual_pipeline, sequence_parallel)
+PARALLEL_CONFIGS: List[Tuple[int, int, Optional[int], bool]] = [
+    (1, 1, None, False),
+    (2, 1, None, False),
+    (2, 1, None, True),
+    (1, 2, None, False),
+    (1, 2, 2, False),
+]
+
+
+def make_batches(vocab: int, seed: int = 0) -> List[Dict[str, torch.Tensor]]:
+    """Micro-batches in the trainer's sample format, two packed documents per row."""
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(MICRO_BATCHES):
+        tokens = torch.randint(0, vocab, (MICRO_BATCH, SEQ), generator=gen)
+        labels = torch.randint(0, vocab, (MICRO_BATCH, SEQ), generator=gen)
+        loss_mask = (torch.rand(MICRO_BATCH, SEQ, generator=gen) > 0.2).float()
+        loss_mask[:, 0] = 1.0
+        cut = int(torch.randint(3, SEQ - 3, (1,), generator=gen))
+        segment_ids = torch.zeros(MICRO_BATCH, SEQ, dtype=torch.long)
+        segment_ids[:, cut:] = 1
+        positions = torch.arange(SEQ).repeat(MICRO_BATCH, 1)
+        positions[:, cut:] -= cut
+        batches.append(dict(tokens=tokens, labels=labels, loss_mask=loss_mask, position_ids=positions,
+                            segment_ids=segment_ids))
+    return batches
+
+
+def _global_names(chunk) -> Dict[str, torch.nn.Parameter]:
+    """Parameters keyed by their TP=1/PP=1 names (local layer index -> global layer number - 1)."""
+    offsets = {i: layer.layer_number - 1 for i, layer in enumerate(chunk.decoder.layers)}
+    out = {}
+    for name, param in chunk.named_parameters():
+        if name.startswith("decoder.layers."):
+            _, _, idx, rest = name.split(".", 3)
+            name = f"decoder.layers.{offsets[int(idx)]}.{rest}"
+        out[name] = param
+    return out
+
+
+def shard(name: str, full: torch.Tensor, param, tp_rank: int, tp_size: int) -> torch.Tensor:
+    """The slice of a TP=1 tensor that ``param`` holds on ``tp_rank`` (the SwiGLU [gate; up] split per half)."""
+    if not getattr(param, "tensor_model_parallel", False) or tp_size == 1:
+        return full
+    dim = param.partition_dim
+    if name.endswith("mlp.linear_fc1.weight"):
+        gate, up = full.chunk(2, dim=0)
+        return torch.cat([gate.chunk(tp_size, dim=0)[tp_rank], up.chunk(tp_size, dim=0)[tp_rank]], dim=0)
+    return full.chunk(tp_size, dim=dim)[tp_rank]
+
+
+def _train_step(arch, tp, pp, vpp, sp, weights, batches, seed):
+    from megatron.core import parallel_state as ps
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_huatuo.data.sample import attention_mask_from_segments
+    from megatron_huatuo.models.provider import build_model_chunks, transformer_config
+    from megatron_huatuo.runtime import initialize
+
+    initialize(tensor_parallel=tp, pipeline_parallel=pp, virtual_pipeline=vpp, seed=seed)
+    config = transformer_config(arch, tensor_parallel=tp, pipeline_parallel=pp, virtual_pipeline=vpp,
+                                sequence_parallel=sp)
+    chunks = build_model_chunks(arch, config, masked_segments=True)
+    tp_rank, tp_size = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
+    if weights is not None:
+        with torch.no_grad():
+            for chunk in chunks:
+                for name, param in _global_names(chunk).items():
+                    param.copy_(shard(name, weights[name], param, tp_rank, tp_size))
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                               use_distributed_optimizer=False)
+    models = [DistributedDataParallel(config, ddp_config, chunk) for chunk in chunks]
+    config.finalize_model_grads_func = finalize_model_grads
+
+    def forward_step(data_iterator, model):
+        batch = next(data_iterator)
+        mask = attention_mask_from_segments(batch["segment_ids"])
+        output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"])
+
+        def loss_func(per_token):
+            loss = (per_token.float() * batch["loss_mask"]).sum() / batch["loss_mask"].sum()
+            return loss, {"loss": loss.detach().clone()}
+
+        return output, loss_func
+
+    iterators = [iter(batches) for _ in models]
+    losses = get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iterators if len(models) > 1 else iterators[0],
+        model=models if len(models) > 1 else models[0],
+        num_microbatches=len(batches),
+        seq_length=SEQ,
+        micro_batch_size=MICRO_BATCH,
+        forward_only=False,
+    )
+    loss = torch.stack([d["loss"] for d in losses]).mean().item() if losses else None
+    grads = {}
+    for model, chunk in zip(models, chunks):
+        for name, param in _global_names(chunk).items():
+            grads[name] = (param.main_grad.detach().clone(), getattr(param, "tensor_model_parallel", False))
+    return dict(loss=loss, grads=grads, tp_rank=tp_rank, tp_size=tp_size, chunks=chunks)
+
+
+def _forward_checks(arch, chunk, model_causal_builder):
+    """Logits for the reference / packing tests, at TP=1/PP=1."""
+    from megatron_huatuo.data.sample import attention_mask_from_segments
+
+    gen = torch.Generator().manual_seed(7)
+    tokens = torch.randint(0, arch.vocab_size, (2, SEQ), generator=gen)
+    positions = torch.arange(SEQ).repeat(2, 1)
+    out = {"tokens": tokens}
+    with torch.no_grad():
+        causal = model_causal_builder()
+        out["logits_causal"] = causal(tokens, positions, None)
+        one_segment = attention_mask_from_segments(torch.zeros(2, SEQ, dtype=torch.long))
+        out["logits_one_segment"] = chunk(tokens, positions, one_segment)
+        cut = 7
+        segment_ids = torch.zeros(2, SEQ, dtype=torch.long)
+        segment_ids[:, cut:] = 1
+        packed_pos = positions.clone()
+        packed_pos[:, cut:] -= cut
+        out["logits_packed"] = chunk(tokens, packed_pos, attention_mask_from_segments(segment_ids))
+        out["logits_first_doc"] = chunk(tokens[:, :cut], positions[:, :cut],
+                                        attention_mask_from_segments(torch.zeros(2, cut, dtype=torch.long)))
+        rest = SEQ - cut
+        out["logits_second_doc"] = chunk(tokens[:, cut:], positions[:, :rest],
+                                         attention_mask_from_segments(torch.zeros(2, rest, dtype=torch.long)))
+        out["cut"] = cut
+    return out
+
+
+def family_checks(arch_names: List[str], seed: int = 1234) -> Dict[str, dict]:
+    """Run in every rank of a 2-process group; returns per-family results (weights/logits from rank 0)."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_huatuo.models.provider import build_model, transformer_config
+    from megatron_huatuo.models.registry import get_arch
+
+    results: Dict[str, dict] = {}
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else None
+    for name in arch_names:
+        arch = get_arch(name)
+        batches = make_batches(arch.vocab_size)
+        family: dict = {"steps": {}}
+        weights = None
+        for tp, pp, vpp, sp in PARALLEL_CONFIGS:
+            step = _train_step(arch, tp, pp, vpp, sp, weights, batches, seed)
+            chunks = step.pop("chunks")
+            if (tp, pp) == (1, 1):
+                chunk = chunks[0]
+                weights = {n: p.detach().clone() for n, p in _global_names(chunk).items()}
+                family["weights"] = weights
+                config = transformer_config(arch)
+
+                def causal_model():
+                    model = build_model(arch, config, masked_segments=False)
+                    model.load_state_dict(chunk.state_dict())
+                    return model
+
+                family.update(_forward_checks(arch, chunk, causal_model))
+            if tp == 2 and not sp:
+                head = chunks[0].output_layer
+                h = torch.randn(SEQ, 2, arch.hidden_size, generator=torch.Generator().manual_seed(3))
+                family["norm_head_tp"] = dict(rank=ps.get_tensor_model_parallel_rank(), input=h,
+                                              weight=head.weight.detach().clone(),
+                                              output=head(h)[0].detach().clone())
+            family["steps"][(tp, pp, vpp, sp)] = step
+        results[name] = family
+    if rank:  # keep the payload small: weights and logits from rank 0 only
+        for family in results.values():
+            for key in [k for k in family if k.startswith("logits") or k == "weights"]:
+                family.pop(key)
+    return results
