@@ -192,3 +192,48 @@ def family_checks(arch_names: List[str], seed: int = 1234) -> Dict[str, dict]:
             for key in [k for k in family if k.startswith("logits") or k == "weights"]:
                 family.pop(key)
     return results
+
+
+def optimizer_and_checkpoint(save_dir: str, arch_name: str = "tiny-baichuan2-13b", lr: float = 1e-3) -> dict:
+    """On CPU/gloo: one distributed-optimizer Adam step under TP=2, a dist_checkpointing save (model and
+    optimizer, fully reshardable), then a load of the model into TP=1 (data parallel 2) in the same processes."""
+    from megatron.core import dist_checkpointing
+    from megatron.core import parallel_state as ps
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    from megatron_huatuo.models.provider import build_model_chunks, transformer_config
+    from megatron_huatuo.runtime import initialize
+
+    initialize(tensor_parallel=2, seed=11)
+    config = transformer_config(arch_name, tensor_parallel=2)
+    chunks = build_model_chunks(arch_name, config)
+    ddp_config = DistributedDataParallelConfig(use_distributed_optimizer=True, grad_reduce_in_fp32=True)
+    models = [DistributedDataParallel(config, ddp_config, chunk) for chunk in chunks]
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(optimizer="adam", lr=lr, weight_decay=0.1, use_distributed_optimizer=True), models
+    )
+    # The scheduler is what writes each group's weight decay (0 for 1-D parameters) into the torch optimizer.
+    OptimizerParamScheduler(optimizer, init_lr=lr, max_lr=lr, min_lr=lr, lr_warmup_steps=0, lr_decay_steps=10,
+                            lr_decay_style="constant", start_wd=0.1, end_wd=0.1, wd_incr_steps=10,
+                            wd_incr_style="constant")
+    before = {n: (p.detach().clone(), getattr(p, "tensor_model_parallel", False))
+              for n, p in chunks[0].named_parameters()}
+    for model in models:
+        for param in model.parameters():
+            param.main_grad.fill_(0.01)
+    update_ok, grad_norm, _ = optimizer.step()
+    after = {n: p.detach().clone() for n, p in chunks[0].named_parameters()}
+    model_sd = chunks[0].sharded_state_dict()
+    state = {"model": model_sd, "optimizer": optimizer.sharded_state_dict(
+        model_sd, metadata={"distrib_optim_sharding_type": "fully_reshardable"})}
+    dist_checkpointing.save(state, save_dir)
+    tp_rank = ps.get_tensor_model_parallel_rank()
+
+    initialize(tensor_parallel=1, seed=11)
+    single = build_model_chunks(arch_name, transformer_config(arch_name))[0]
+    loaded = dist_checkpointing.load({"model": single.sharded_state_dict()}, save_dir)["model"]
+    single.load_state_dict(loaded)
+    return dict(update_ok=update_ok, grad_norm=grad_norm, before=before, after=after, tp_rank=tp_rank,
+                loaded={n: p.detach().clone() for n, p in single.named_parameters()})
