@@ -5,7 +5,10 @@ megatron-core 0.16 has no ALiBi and its ``DotProductAttention`` refuses an atten
 spec: ``SelfAttention.submodules.core_attention``) and computes::
 
     scores[b, h, i, j] = (q_i . k_j) / sqrt(head_dim) + slope_h * (j - i)      (masked where j > i or masked)
-    probs = softmax(scores)  (in fp32),   context = probs @ v
+    probs = softmax(scores),   context = probs @ v
+
+through ``torch.nn.functional.scaled_dot_product_attention`` with the bias as its additive mask (the bias is
+computed in fp32 and cast to the activation dtype, as Baichuan's own code stores its ALiBi mask).
 
 - Slopes (Press et al., "Train Short, Test Long"): for n heads, a power of two, ``slope_k = 2^(-8 k / n)``,
   k = 1..n. Otherwise the slopes of the nearest lower power of two m, followed by every other slope of 2m
@@ -24,6 +27,7 @@ import math
 from typing import List, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from megatron.core import tensor_parallel
@@ -99,27 +103,28 @@ class AlibiDotProductAttention(DotProductAttention):
             key = key.repeat_interleave(heads // groups, dim=2)
             value = value.repeat_interleave(heads // groups, dim=2)
         sq, sk = query.size(0), key.size(0)
-        q = query.permute(1, 2, 0, 3)  # [b, np, sq, hn]
-        k = key.permute(1, 2, 3, 0)  # [b, np, hn, sk]
-        v = value.permute(1, 2, 0, 3)  # [b, np, sk, hn]
-        scores = torch.matmul(q, k).float() * self.softmax_scale
-        scores = scores + alibi_bias(self.alibi_slopes, sq, sk, device=scores.device).unsqueeze(0)
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, np, s, hn]
 
+        # The bias is built in fp32 and cast once: slope * distance reaches thousands at 4K context.
+        bias = alibi_bias(self.alibi_slopes, sq, sk, device=q.device).unsqueeze(0)  # [1, np, sq, sk]
         if attention_mask is None:
             mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
             if mask_type == AttnMaskType.causal:
-                attention_mask = torch.ones(sq, sk, dtype=torch.bool, device=scores.device).triu(sk - sq + 1)
+                attention_mask = torch.ones(sq, sk, dtype=torch.bool, device=q.device).triu(sk - sq + 1)
         if attention_mask is not None:
-            # The most negative finite value rather than -inf: a fully masked row gives uniform probabilities
-            # instead of NaN (the segment mask never masks a token's own position anyway).
-            scores = scores.masked_fill(attention_mask.to(torch.bool), torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1).to(query.dtype)
+            # The most negative finite value rather than -inf, so a fully masked row cannot produce NaN
+            # (the segment mask never masks a token's own position anyway).
+            bias = bias.masked_fill(attention_mask.to(torch.bool), torch.finfo(q.dtype).min)
+        bias = bias.to(q.dtype)
 
-        if not self.config.sequence_parallel:
+        # torch's fused attention takes the additive bias directly (memory-efficient kernel on GPU, math
+        # kernel on CPU): the [b, np, sq, sk] probabilities are never kept for backward.
+        dropout_p = self.attention_dropout.p if self.training else 0.0
+        if dropout_p > 0.0 and not self.config.sequence_parallel:
             with tensor_parallel.get_cuda_rng_tracker().fork():
-                probs = self.attention_dropout(probs)
+                context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p,
+                                                         scale=self.softmax_scale)
         else:
-            probs = self.attention_dropout(probs)
-
-        context = torch.matmul(probs, v)  # [b, np, sq, hn]
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p,
+                                                     scale=self.softmax_scale)
         return context.permute(2, 0, 1, 3).reshape(sq, query.size(1), self.hidden_size_per_partition)
