@@ -157,6 +157,12 @@ def layer_spec(arch: ArchSpec | str, config, *, transformer_impl: str = "local",
         raise ValueError(f"transformer_impl must be one of {TRANSFORMER_IMPLS}, got {transformer_impl!r}")
     if getattr(config, "fp8", None) and transformer_impl != "transformer_engine":
         raise ValueError("fp8 training needs transformer_impl='transformer_engine'")
+    if getattr(config, "context_parallel_size", 1) > 1:
+        if transformer_impl != "transformer_engine":
+            raise ValueError("context_parallel > 1 needs transformer_impl='transformer_engine' (megatron-core's "
+                             "local attention has no context parallelism)")
+        if arch.position_embedding == "alibi":
+            raise ValueError(f"arch {arch.name}: ALiBi attention does not support context_parallel > 1")
     if transformer_impl == "transformer_engine":
         if not have_transformer_engine():
             raise RuntimeError("transformer_impl='transformer_engine' but Transformer Engine is not importable here")

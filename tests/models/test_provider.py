@@ -65,3 +65,9 @@ def test_alibi_arch_gets_our_core_attention_and_masked_segments_the_arbitrary_ma
     plain = layer_spec("tiny-yi", transformer_config("tiny-yi")).submodules.self_attention
     assert plain.submodules.core_attention is not AlibiDotProductAttention
     assert plain.params["attn_mask_type"] == AttnMaskType.causal
+
+
+def test_context_parallel_needs_transformer_engine():
+    cfg = transformer_config("tiny-yi", context_parallel=2)
+    with pytest.raises(ValueError, match="context_parallel > 1 needs transformer_impl='transformer_engine'"):
+        layer_spec("tiny-yi", cfg)
