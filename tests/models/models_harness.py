@@ -237,3 +237,17 @@ def optimizer_and_checkpoint(save_dir: str, arch_name: str = "tiny-baichuan2-13b
     single.load_state_dict(loaded)
     return dict(update_ok=update_ok, grad_norm=grad_norm, before=before, after=after, tp_rank=tp_rank,
                 loaded={n: p.detach().clone() for n, p in single.named_parameters()})
+
+
+FAMILIES = ["tiny-baichuan2-7b", "tiny-baichuan2-13b", "tiny-yi"]
+_FAMILY_RUNS: Dict[tuple, list] = {}
+
+
+def family_runs(families: Optional[List[str]] = None) -> list:
+    """Every rank's :func:`family_checks` result, computed once per test session (shared by test modules)."""
+    from megatron_huatuo.runtime import run_distributed
+
+    key = tuple(families or FAMILIES)
+    if key not in _FAMILY_RUNS:
+        _FAMILY_RUNS[key] = run_distributed(family_checks, world_size=2, args=(list(key),))
+    return _FAMILY_RUNS[key]

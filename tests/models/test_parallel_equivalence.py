@@ -12,15 +12,14 @@ import torch
 import models_harness as H
 from models_reference import reference_logits
 from megatron_huatuo.models.registry import get_arch
-from megatron_huatuo.runtime import run_distributed
 
-FAMILIES = ["tiny-baichuan2-7b", "tiny-baichuan2-13b", "tiny-yi"]
+FAMILIES = H.FAMILIES
 REFERENCE = (1, 1, None, False)
 
 
 @pytest.fixture(scope="module")
 def runs():
-    return run_distributed(H.family_checks, world_size=2, args=(FAMILIES,))
+    return H.family_runs()
 
 
 class _ParamInfo:
