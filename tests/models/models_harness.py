@@ -251,3 +251,24 @@ def family_runs(families: Optional[List[str]] = None) -> list:
     if key not in _FAMILY_RUNS:
         _FAMILY_RUNS[key] = run_distributed(family_checks, world_size=2, args=(list(key),))
     return _FAMILY_RUNS[key]
+
+
+def slurm_initialize(tensor_parallel: int) -> dict:
+    """Initialise from Slurm's variables only (the torchrun ones the harness set are removed first)."""
+    import os
+
+    from megatron.core import parallel_state as ps
+
+    from megatron_huatuo.runtime import initialize
+
+    rank = int(os.environ.pop("RANK"))
+    world = int(os.environ.pop("WORLD_SIZE"))
+    os.environ.pop("LOCAL_RANK")
+    os.environ.pop("MASTER_ADDR")
+    os.environ.update(SLURM_PROCID=str(rank), SLURM_NTASKS=str(world), SLURM_LOCALID=str(rank),
+                      SLURM_JOB_NODELIST="localhost")
+    ctx = initialize(tensor_parallel=tensor_parallel)
+    total = torch.tensor([float(rank + 1)])
+    torch.distributed.all_reduce(total, group=ps.get_tensor_model_parallel_group())
+    return dict(launcher=ctx.launcher, rank=ctx.rank, world=ctx.world_size, tp=ctx.tensor_parallel,
+                dp=ctx.data_parallel, backend=ctx.backend, tp_sum=total.item())

@@ -88,3 +88,14 @@ def test_cpu_mapping_in_a_fresh_interpreter():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
+def test_two_processes_initialise_from_slurm_variables():
+    import models_harness as H
+    from megatron_huatuo.runtime import run_distributed
+
+    results = run_distributed(H.slurm_initialize, world_size=2, args=(2,))
+    for rank, r in enumerate(results):
+        assert (r["launcher"], r["rank"], r["world"], r["tp"], r["dp"], r["backend"]) == (
+            "slurm", rank, 2, 2, 1, "gloo")
+        assert r["tp_sum"] == 3.0  # 1 + 2 summed over the TP group of both ranks
