@@ -69,10 +69,6 @@ class _CudaToCpuMode(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name == "cuda":  # Tensor.cuda(...) -> the tensor itself
             return args[0]
-        if name == "type" and len(args) == 1 and not kwargs:
-            # The optimizers sort parameters by type string ('torch.cuda.FloatTensor'); answer as if on CUDA.
-            type_name = func(*args)
-            return type_name.replace("torch.", "torch.cuda.", 1) if ".cuda." not in type_name else type_name
         if name == "to" and len(args) > 1 and _is_cuda_device(args[1]):
             args = (args[0], "cpu") + tuple(args[2:])
         return func(*args, **kwargs)

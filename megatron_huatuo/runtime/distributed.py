@@ -143,7 +143,7 @@ def read_launch_env(env: Optional[Mapping[str, str]] = None) -> LaunchEnv:
         )
     # A lone process (a notebook, a unit test): any free local port, so parallel jobs on one machine never collide.
     return LaunchEnv(0, 1, 0, env.get("MASTER_ADDR", "127.0.0.1"),
-                     _int_env(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port(), "single")
+                     _int_env(env, "MASTER_PORT") if "MASTER_PORT" in env else free_port(), "single")
 
 
 def check_parallel_split(world_size: int, tensor_parallel: int, pipeline_parallel: int, context_parallel: int = 1,
@@ -244,7 +244,8 @@ def initialize(
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

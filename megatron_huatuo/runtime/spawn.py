@@ -11,7 +11,6 @@ Results travel back through ``torch.save`` files in a temporary directory, so th
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 import traceback
 from pathlib import Path
@@ -20,12 +19,7 @@ from typing import Any, Callable, List, Sequence
 import torch
 import torch.multiprocessing as mp
 
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from megatron_huatuo.runtime.distributed import destroy, free_port
 
 
 def _worker(local_rank: int, fn: Callable, args: Sequence[Any], world_size: int, port: int, out_dir: str,
@@ -46,8 +40,6 @@ def _worker(local_rank: int, fn: Callable, args: Sequence[Any], world_size: int,
         torch.save({"ok": False, "error": traceback.format_exc()}, out)
         raise
     finally:
-        from megatron_huatuo.runtime.distributed import destroy
-
         destroy()
 
 
