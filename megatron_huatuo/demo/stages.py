@@ -69,6 +69,8 @@ class Stage:
     params: dict = field(default_factory=dict)
     outputs: list[Path] = field(default_factory=list)
     clean: list[Path] = field(default_factory=list)
+    needs: list[str] = field(default_factory=list)
+    check: Callable[[], None] | None = None  # raises MissingComponent when a tool the stage calls is absent
 
     def input_paths(self) -> list[Path]:
         return list(self.inputs() if callable(self.inputs) else self.inputs)
@@ -80,10 +82,14 @@ class Stage:
         return digest.hexdigest()
 
 
+class MissingComponent(RuntimeError):
+    """A stage cannot run because a tool it calls is not in this checkout; the message says which."""
+
+
 @dataclass
 class StageResult:
     name: str
-    status: str  # "reused" | "ran"
+    status: str  # "reused" | "ran" | "missing" (a tool is absent) | "skipped" (a stage it needs did not finish)
     seconds: float
     result: object = None
 
@@ -153,8 +159,27 @@ class Runner:
         return StageResult(stage.name, "ran", seconds, result)
 
     def run(self, stages: list[Stage]) -> list[StageResult]:
+        """Run all stages in order. A stage whose tool is missing is reported and the stages needing it are
+        skipped; every other stage still runs, so one absent component does not hide the state of the rest."""
         names = [s.name for s in stages]
         unknown = self.force - set(names)
         if unknown:
             raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {names}")
-        return [self.run_stage(stage, i, len(stages)) for i, stage in enumerate(stages, start=1)]
+        results: list[StageResult] = []
+        finished: set[str] = set()
+        for i, stage in enumerate(stages, start=1):
+            blocked = [n for n in stage.needs if n not in finished]
+            if blocked:
+                self.log(f"[{i}/{len(stages)}] {stage.name}: skipped (needs {', '.join(blocked)})")
+                results.append(StageResult(stage.name, "skipped", 0.0, {"needs": blocked}))
+                continue
+            try:
+                if stage.check is not None:
+                    stage.check()
+            except MissingComponent as exc:
+                self.log(f"[{i}/{len(stages)}] {stage.name}: NOT RUN: {exc}")
+                results.append(StageResult(stage.name, "missing", 0.0, {"reason": str(exc)}))
+                continue
+            results.append(self.run_stage(stage, i, len(stages)))
+            finished.add(stage.name)
+        return results

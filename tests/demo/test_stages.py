@@ -92,3 +92,21 @@ def test_missing_output_or_forced_stage_reruns(tmp_path):
     assert calls == ["a", "b", "b", "a"]
     with pytest.raises(ValueError, match="unknown stage"):
         Runner(tmp_path / "state", force=["nope"]).run(make_pipeline(tmp_path, calls))
+
+
+def test_missing_component_skips_dependants_only(tmp_path):
+    from megatron_huatuo.demo.stages import MissingComponent
+
+    def absent():
+        raise MissingComponent("needs `python -m nothing`")
+
+    calls = []
+    stages = [
+        Stage("tool", "needs an absent tool", lambda: calls.append("tool"), check=absent),
+        Stage("after", "depends on it", lambda: calls.append("after"), needs=["tool"]),
+        Stage("free", "independent", lambda: calls.append("free")),
+    ]
+    results = Runner(tmp_path / "state", log=lambda _: None).run(stages)
+    assert [r.status for r in results] == ["missing", "skipped", "ran"]
+    assert calls == ["free"]
+    assert "python -m nothing" in results[0].result["reason"]
