@@ -179,6 +179,12 @@ def family_checks(arch_names: List[str], seed: int = 1234) -> Dict[str, dict]:
                     return model
 
                 family.update(_forward_checks(arch, chunk, causal_model))
+                # The same weights in bf16 (parameters, activations, pipeline dtype): the mixed-precision path.
+                bf16 = build_model(arch, transformer_config(arch, precision="bf16"), masked_segments=False)
+                bf16.load_state_dict({k: v.to(torch.bfloat16) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+                                      for k, v in chunk.state_dict().items()})
+                with torch.no_grad():
+                    family["logits_bf16"] = bf16(family["tokens"], torch.arange(SEQ).repeat(2, 1), None).float()
             if tp == 2 and not sp:
                 head = chunks[0].output_layer
                 h = torch.randn(SEQ, 2, arch.hidden_size, generator=torch.Generator().manual_seed(3))
