@@ -71,6 +71,21 @@ class ArchSpec:
         embed = v * h * (1 if self.tie_embeddings else 2)
         return n * per_layer + embed + h
 
+    def flops_per_token(self, seq_length: int, training: bool = True) -> float:
+        """Model FLOPs per token (PaLM appendix B convention, the basis of MFU).
+
+        Forward = 2 x (multiply-adds of the QKV/output projections, the SwiGLU MLP and the output layer) plus
+        attention scores and weighted sum, 2 x 2 x seq x hidden per layer (the full square, as PaLM and
+        Megatron-LM count it). Training = 3 x forward (backward is twice the forward); activation recomputation
+        is deliberately not counted (MFU, not hardware FLOPs utilisation).
+        """
+        h, f, v, n = self.hidden_size, self.ffn_hidden_size, self.vocab_size, self.num_layers
+        kv = self.num_query_groups * self.head_dim
+        dense = h * (h + 2 * kv) + h * h + 3 * h * f
+        attention = 2 * seq_length * h
+        forward = 2 * (n * (dense + attention) + h * v)
+        return float(3 * forward if training else forward)
+
     def with_overrides(self, **changes) -> "ArchSpec":
         """A copy with some fields changed (e.g. ``num_layers`` for a reduced-depth benchmark)."""
         known = {f.name for f in fields(self)}

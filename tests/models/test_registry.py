@@ -51,3 +51,14 @@ def test_overrides_are_checked():
     assert get_arch("yi-34b").with_overrides(num_layers=2).num_layers == 2
     with pytest.raises(KeyError, match="num_layer"):
         get_arch("yi-34b").with_overrides(num_layer=2)
+
+
+def test_flops_per_token_follows_the_palm_formula():
+    # PaLM: 6 N + 12 L H T with N the matmul parameters (no embedding lookup, no norms) and T the sequence.
+    arch = get_arch("baichuan2-7b")
+    matmul_params = arch.num_parameters() - arch.vocab_size * arch.hidden_size - (2 * arch.num_layers + 1) * arch.hidden_size
+    expected = 6 * matmul_params + 12 * arch.num_layers * arch.hidden_size * 4096
+    assert arch.flops_per_token(4096) == pytest.approx(expected, rel=1e-12)
+    assert arch.flops_per_token(4096, training=False) == pytest.approx(expected / 3, rel=1e-12)
+    # 6 x 6.99e9 (32 layers x 202.4M + 515M output layer) + 12 x 32 x 4096 x 4096 = 41.95e9 + 6.44e9
+    assert arch.flops_per_token(4096) / 1e9 == pytest.approx(48.39, abs=0.01)
