@@ -17,13 +17,15 @@ import torch
 SEQ = 16
 MICRO_BATCH = 2
 MICRO_BATCHES = 4
-# (tensor_parallel, pipeline_parallel, virtual_pipeline, sequence_parallel)
-PARALLEL_CONFIGS: List[Tuple[int, int, Optional[int], bool]] = [
-    (1, 1, None, False),
-    (2, 1, None, False),
-    (2, 1, None, True),
-    (1, 2, None, False),
-    (1, 2, 2, False),
+# (tensor_parallel, pipeline_parallel, virtual_pipeline, sequence_parallel, recompute)
+PARALLEL_CONFIGS: List[Tuple[int, int, Optional[int], bool, str]] = [
+    (1, 1, None, False, "none"),
+    (2, 1, None, False, "none"),
+    (2, 1, None, True, "none"),
+    (1, 2, None, False, "none"),
+    (1, 2, 2, False, "none"),
+    (2, 1, None, True, "selective"),  # core attention recomputed (ALiBi module inside tensor_parallel.checkpoint)
+    (1, 2, None, False, "full"),  # whole layers recomputed, RNG tracker states saved/restored on CPU
 ]
 
 
@@ -69,7 +71,7 @@ def shard(name: str, full: torch.Tensor, param, tp_rank: int, tp_size: int) -> t
     return full.chunk(tp_size, dim=dim)[tp_rank]
 
 
-def _train_step(arch, tp, pp, vpp, sp, weights, batches, seed):
+def _train_step(arch, tp, pp, vpp, sp, recompute, weights, batches, seed):
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -80,7 +82,7 @@ def _train_step(arch, tp, pp, vpp, sp, weights, batches, seed):
 
     initialize(tensor_parallel=tp, pipeline_parallel=pp, virtual_pipeline=vpp, seed=seed)
     config = transformer_config(arch, tensor_parallel=tp, pipeline_parallel=pp, virtual_pipeline=vpp,
-                                sequence_parallel=sp)
+                                sequence_parallel=sp, recompute=recompute)
     chunks = build_model_chunks(arch, config, masked_segments=True)
     tp_rank, tp_size = ps.get_tensor_model_parallel_rank(), ps.get_tensor_model_parallel_world_size()
     if weights is not None:
@@ -164,10 +166,10 @@ def family_checks(arch_names: List[str], seed: int = 1234) -> Dict[str, dict]:
         batches = make_batches(arch.vocab_size)
         family: dict = {"steps": {}}
         weights = None
-        for tp, pp, vpp, sp in PARALLEL_CONFIGS:
-            step = _train_step(arch, tp, pp, vpp, sp, weights, batches, seed)
+        for tp, pp, vpp, sp, recompute in PARALLEL_CONFIGS:
+            step = _train_step(arch, tp, pp, vpp, sp, recompute, weights, batches, seed)
             chunks = step.pop("chunks")
-            if (tp, pp) == (1, 1):
+            if (tp, pp, recompute) == (1, 1, "none"):
                 chunk = chunks[0]
                 weights = {n: p.detach().clone() for n, p in _global_names(chunk).items()}
                 family["weights"] = weights
@@ -185,13 +187,13 @@ def family_checks(arch_names: List[str], seed: int = 1234) -> Dict[str, dict]:
                                       for k, v in chunk.state_dict().items()})
                 with torch.no_grad():
                     family["logits_bf16"] = bf16(family["tokens"], torch.arange(SEQ).repeat(2, 1), None).float()
-            if tp == 2 and not sp:
+            if tp == 2 and not sp and recompute == "none":
                 head = chunks[0].output_layer
                 h = torch.randn(SEQ, 2, arch.hidden_size, generator=torch.Generator().manual_seed(3))
                 family["norm_head_tp"] = dict(rank=ps.get_tensor_model_parallel_rank(), input=h,
                                               weight=head.weight.detach().clone(),
                                               output=head(h)[0].detach().clone())
-            family["steps"][(tp, pp, vpp, sp)] = step
+            family["steps"][(tp, pp, vpp, sp, recompute)] = step
         results[name] = family
     if rank:  # keep the payload small: weights and logits from rank 0 only
         for family in results.values():

@@ -1,5 +1,5 @@
-"""Each tiny family under TP=2, TP=2+SP, PP=2 and PP=2 x VPP=2 (2 gloo processes) gives the loss and gradients
-of TP=1/PP=1 from identical weights; the TP=1 model matches an independent plain-torch reference.
+"""Each tiny family under TP=2, TP=2+SP, PP=2, PP=2 x VPP=2, and with selective / full activation recomputation
+(2 gloo processes) gives the loss and gradients of TP=1/PP=1 from identical weights; the TP=1 model matches an independent plain-torch reference.
 
 One 2-process run (``models_harness.family_checks``) computes everything for the three families (about 10 s);
 the tests below only compare its results.
@@ -14,7 +14,7 @@ from models_reference import reference_logits
 from megatron_huatuo.models.registry import get_arch
 
 FAMILIES = H.FAMILIES
-REFERENCE = (1, 1, None, False)
+REFERENCE = H.PARALLEL_CONFIGS[0]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ class _ParamInfo:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("layout", H.PARALLEL_CONFIGS[1:], ids=lambda c: "tp{}-pp{}-vpp{}-sp{}".format(*c))
+@pytest.mark.parametrize("layout", H.PARALLEL_CONFIGS[1:], ids=lambda c: "tp{}-pp{}-vpp{}-sp{}-recompute_{}".format(*c))
 def test_parallel_loss_and_grads_match_single(runs, family, layout):
     ref = runs[0][family]["steps"][REFERENCE]
     ref_grads = {name: grad for name, (grad, _) in ref["grads"].items()}
