@@ -280,3 +280,49 @@ def slurm_initialize(tensor_parallel: int) -> dict:
     torch.distributed.all_reduce(total, group=ps.get_tensor_model_parallel_group())
     return dict(launcher=ctx.launcher, rank=ctx.rank, world=ctx.world_size, tp=ctx.tensor_parallel,
                 dp=ctx.data_parallel, backend=ctx.backend, tp_sum=total.item())
+
+
+# Local-spec norm names -> the Transformer Engine spec's fused-norm names.
+_TE_NAMES = {"input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
+             "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight"}
+
+
+def gpu_checks(families: List[str]) -> dict:
+    """One GPU: each family in bf16 with the local spec, and (when Transformer Engine is installed) the TE spec
+    from the same weights, and an FP8 (hybrid) forward."""
+    from megatron_huatuo.models.provider import build_model, have_transformer_engine, transformer_config
+    from megatron_huatuo.models.registry import get_arch
+    from megatron_huatuo.runtime import initialize
+
+    initialize(seed=5)
+    out: dict = {"have_te": have_transformer_engine()}
+    for name in families:
+        arch = get_arch(name)
+        tokens = torch.randint(0, arch.vocab_size, (2, 64), generator=torch.Generator().manual_seed(0)).cuda()
+        positions = torch.arange(64, device="cuda").repeat(2, 1)
+        config = transformer_config(arch, precision="bf16")
+        local = build_model(arch, config)
+        result = {"weights": {k: v.float().cpu() for k, v in local.state_dict().items() if isinstance(v, torch.Tensor)},
+                  "tokens": tokens.cpu()}
+        with torch.no_grad():
+            result["local"] = local(tokens, positions, None).float().cpu()
+        if out["have_te"]:
+            te = build_model(arch, config, transformer_impl="transformer_engine")
+            te_params = dict(te.named_parameters())
+            with torch.no_grad():
+                for pname, param in local.named_parameters():
+                    key = pname
+                    for short, fused in _TE_NAMES.items():
+                        if pname.endswith(short):
+                            key = pname[: -len(short)] + fused
+                    te_params[key].copy_(param)
+                result["te"] = te(tokens, positions, None).float().cpu()
+            fp8_config = transformer_config(arch, precision="bf16", fp8="hybrid")
+            fp8 = build_model(arch, fp8_config, transformer_impl="transformer_engine")
+            fp8.load_state_dict(te.state_dict(), strict=False)
+            from megatron.core.fp8_utils import get_fp8_context
+
+            with torch.no_grad(), get_fp8_context(fp8_config):
+                result["fp8"] = fp8(tokens, positions, None).float().cpu()
+        out[name] = result
+    return out
