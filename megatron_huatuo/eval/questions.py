@@ -16,6 +16,8 @@ A malformed line is an error naming the file, line number and field.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -166,17 +168,21 @@ def _infer_cop_base(rows: list[tuple[int, dict]]) -> int:
 
 
 def load_questions(path: str | Path, *, limit: int | None = None) -> list[MCQuestion]:
-    """Read a JSONL (one object per line) or JSON-array benchmark file into questions.
+    """Read a JSONL (one object per line), JSON-array or CSV (header row; CMMLU, CMExam) benchmark file.
 
-    Ids default to ``<file stem>-<line>`` so predictions can always be matched back to their line.
+    Ids default to ``<file stem>-<line>`` so predictions can always be matched back to their line (for CSV, the
+    data row number, 1 = the first row after the header).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file not found: {path}")
     text = path.read_text(encoding="utf-8")
     rows: list[tuple[int, dict]] = []
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+    stripped = text.lstrip("\ufeff").lstrip()
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+        rows = [(i, {k.strip(): v for k, v in r.items() if k is not None}) for i, r in enumerate(reader, start=1)]
+    elif stripped.startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

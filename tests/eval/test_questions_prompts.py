@@ -126,3 +126,16 @@ def test_wilson_interval_known_values():
     assert all(math.isnan(x) for x in wilson_interval(0, 0))
     with pytest.raises(ValueError):
         wilson_interval(3, 2)
+
+
+def test_csv_cmmlu_and_cmexam_shapes(tmp_path):
+    cmmlu = tmp_path / "cmmlu_anatomy.csv"
+    cmmlu.write_text("\ufeff,Question,A,B,C,D,Answer\n0,心脏有几个腔？,2,3,4,5,C\n1,\"含逗号, 的题\",a,b,c,d,A\n",
+                     encoding="utf-8")
+    qs = load_questions(cmmlu)
+    assert [(q.qid, q.answer) for q in qs] == [("cmmlu_anatomy-1", "C"), ("cmmlu_anatomy-2", "A")]
+    assert qs[1].question == "含逗号, 的题"
+    cmexam = tmp_path / "cmexam.csv"
+    cmexam.write_text('Question,Options,Answer\n哪些是症状,"A 发热\nB 石头\nC 咳嗽",AC\n', encoding="utf-8")
+    q = load_questions(cmexam)[0]
+    assert q.options == {"A": "发热", "B": "石头", "C": "咳嗽"} and q.answer == "AC"
