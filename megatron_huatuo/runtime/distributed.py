@@ -55,6 +55,7 @@ class ParallelContext:
     pipeline_parallel: int
     virtual_pipeline: Optional[int]
     context_parallel: int
+    sequence_parallel: bool
     data_parallel: int
     launcher: str
 
@@ -172,6 +173,7 @@ def initialize(
     pipeline_parallel: int = 1,
     virtual_pipeline: Optional[int] = None,
     context_parallel: int = 1,
+    sequence_parallel: bool = False,
     seed: int = 1234,
     backend: Optional[str] = None,
     timeout_minutes: int = 30,
@@ -180,8 +182,9 @@ def initialize(
 
     Safe to call when ``torch.distributed`` was already initialised (e.g. by a test harness): the existing
     default group is reused. ``virtual_pipeline`` is the number of model chunks per pipeline stage (None or 1 =
-    plain 1F1B). Sequence parallelism is a property of the model config, not of the groups; see
-    ``megatron_huatuo.models.provider.transformer_config``.
+    plain 1F1B). ``sequence_parallel`` creates no group (it is a property of the model config, see
+    ``megatron_huatuo.models.provider.transformer_config``); it is validated here (needs TP >= 2) and recorded
+    in the returned context so launch code can pass one settings object to both.
     """
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
@@ -197,6 +200,8 @@ def initialize(
     else:
         rank, world_size = launch.rank, launch.world_size
     check_parallel_split(world_size, tensor_parallel, pipeline_parallel, context_parallel, virtual_pipeline)
+    if sequence_parallel and tensor_parallel < 2:
+        raise ValueError("sequence_parallel needs tensor_parallel >= 2")
 
     if on_gpu:
         torch.cuda.set_device(launch.local_rank % torch.cuda.device_count())
@@ -239,6 +244,7 @@ def initialize(
         pipeline_parallel=pipeline_parallel,
         virtual_pipeline=vpp,
         context_parallel=context_parallel,
+        sequence_parallel=sequence_parallel,
         data_parallel=world_size // (tensor_parallel * pipeline_parallel * context_parallel),
         launcher=launch.launcher,
     )

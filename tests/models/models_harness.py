@@ -275,10 +275,10 @@ def slurm_initialize(tensor_parallel: int) -> dict:
     os.environ.pop("MASTER_ADDR")
     os.environ.update(SLURM_PROCID=str(rank), SLURM_NTASKS=str(world), SLURM_LOCALID=str(rank),
                       SLURM_JOB_NODELIST="localhost")
-    ctx = initialize(tensor_parallel=tensor_parallel)
+    ctx = initialize(tensor_parallel=tensor_parallel, sequence_parallel=tensor_parallel > 1)
     total = torch.tensor([float(rank + 1)])
     torch.distributed.all_reduce(total, group=ps.get_tensor_model_parallel_group())
-    return dict(launcher=ctx.launcher, rank=ctx.rank, world=ctx.world_size, tp=ctx.tensor_parallel,
+    return dict(launcher=ctx.launcher, rank=ctx.rank, world=ctx.world_size, tp=ctx.tensor_parallel, sp=ctx.sequence_parallel,
                 dp=ctx.data_parallel, backend=ctx.backend, tp_sum=total.item())
 
 

@@ -98,4 +98,4 @@ def test_two_processes_initialise_from_slurm_variables():
     for rank, r in enumerate(results):
         assert (r["launcher"], r["rank"], r["world"], r["tp"], r["dp"], r["backend"]) == (
             "slurm", rank, 2, 2, 1, "gloo")
-        assert r["tp_sum"] == 3.0  # 1 + 2 summed over the TP group of both ranks
+        assert r["tp_sum"] == 3.0 and r["sp"]  # 1 + 2 summed over the TP group of both ranks
