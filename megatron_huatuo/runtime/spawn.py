@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, List, Sequence
@@ -43,23 +44,35 @@ def _worker(local_rank: int, fn: Callable, args: Sequence[Any], world_size: int,
         destroy()
 
 
-def run_distributed(fn: Callable, world_size: int = 2, args: Sequence[Any] = (), threads: int = 1) -> List[Any]:
+def run_distributed(fn: Callable, world_size: int = 2, args: Sequence[Any] = (), threads: int = 1,
+                    timeout: float = 300.0) -> List[Any]:
     """Call ``fn(*args)`` in ``world_size`` spawned processes; return their results ordered by rank.
 
-    Raises ``RuntimeError`` with the failing ranks' tracebacks when any rank fails.
+    Raises ``RuntimeError`` with the failing ranks' tracebacks when any rank fails, and kills every rank
+    still running after ``timeout`` seconds (a deadlocked collective must fail a test, not hang it).
     """
     with tempfile.TemporaryDirectory(prefix="huatuo-spawn-") as out_dir:
         error = None
+        context = mp.start_processes(
+            _worker,
+            args=(fn, tuple(args), world_size, free_port(), out_dir, threads),
+            nprocs=world_size,
+            join=False,
+            start_method="spawn",
+        )
+        deadline = time.monotonic() + timeout
         try:
-            mp.start_processes(
-                _worker,
-                args=(fn, tuple(args), world_size, free_port(), out_dir, threads),
-                nprocs=world_size,
-                join=True,
-                start_method="spawn",
-            )
+            while not context.join(timeout=1.0):
+                if time.monotonic() > deadline:
+                    error = TimeoutError(f"ranks still running after {timeout:.0f} s; killed")
+                    break
         except Exception as exc:  # ProcessRaisedException / ProcessExitedException
             error = exc
+        finally:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+                process.join()
         results, failures = [], []
         for rank in range(world_size):
             path = Path(out_dir) / f"rank{rank}.pt"
@@ -72,5 +85,6 @@ def run_distributed(fn: Callable, world_size: int = 2, args: Sequence[Any] = (),
             else:
                 failures.append(f"rank {rank}:\n{payload['error']}")
         if failures or error is not None:
-            raise RuntimeError("distributed run failed:\n" + "\n".join(failures or [str(error)]))
+            details = failures + ([str(error)] if isinstance(error, TimeoutError) or not failures else [])
+            raise RuntimeError("distributed run failed:\n" + "\n".join(details))
         return results

@@ -326,3 +326,16 @@ def gpu_checks(families: List[str]) -> dict:
                 result["fp8"] = fp8(tokens, positions, None).float().cpu()
         out[name] = result
     return out
+
+
+def fail_on_rank_one(seconds_to_hang: float = 0.0) -> int:
+    """For the harness's own tests: rank 1 raises (or, with ``seconds_to_hang``, rank 0 hangs)."""
+    import os
+    import time
+
+    rank = int(os.environ["RANK"])
+    if seconds_to_hang and rank == 0:
+        time.sleep(seconds_to_hang)
+    if not seconds_to_hang and rank == 1:
+        raise ValueError("rank one says no")
+    return rank

@@ -99,3 +99,13 @@ def test_two_processes_initialise_from_slurm_variables():
         assert (r["launcher"], r["rank"], r["world"], r["tp"], r["dp"], r["backend"]) == (
             "slurm", rank, 2, 2, 1, "gloo")
         assert r["tp_sum"] == 3.0 and r["sp"]  # 1 + 2 summed over the TP group of both ranks
+
+
+def test_harness_reports_a_failing_rank_and_kills_a_hanging_one():
+    import models_harness as H
+    from megatron_huatuo.runtime import run_distributed
+
+    with pytest.raises(RuntimeError, match="(?s)rank 1:.*ValueError: rank one says no"):
+        run_distributed(H.fail_on_rank_one, world_size=2)
+    with pytest.raises(RuntimeError, match="still running after 3 s; killed"):
+        run_distributed(H.fail_on_rank_one, world_size=2, args=(60.0,), timeout=3)
