@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-import torch
+import torch  # noqa: F401  (no_grad)
 
 
 def huatuo_prompt(question: str) -> str:
@@ -19,11 +19,9 @@ def huatuo_prompt(question: str) -> str:
 
 @torch.no_grad()
 def answer(model_dir: str | Path, question: str, *, max_new_tokens: int = 48, trust_remote_code: bool = False) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from megatron_huatuo.eval.model import load_model_and_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code,
-                                                 dtype=torch.float32).eval()
+    model, tokenizer = load_model_and_tokenizer(model_dir, trust_remote_code=trust_remote_code)
     prompt = huatuo_prompt(question)
     ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,

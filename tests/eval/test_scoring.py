@@ -105,3 +105,18 @@ def test_shots_without_dev_is_an_error(model_tok, tmp_path):
     bench = write_jsonl(tmp_path / "b.jsonl", QUESTIONS)
     with pytest.raises(ValueError, match="needs a dev file"):
         evaluate_benchmark(model, tok, "x", bench, EvalConfig(shots=1), tmp_path, None)
+
+
+def test_remote_code_export_is_explained(tiny_model_dir, tmp_path):
+    import shutil
+
+    export = tmp_path / "baichuan_like"
+    shutil.copytree(tiny_model_dir, export)
+    cfg = json.loads((export / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"}
+    (export / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(FileNotFoundError, match=r"modeling_baichuan.py is not in the directory"):
+        load_model_and_tokenizer(export, trust_remote_code=True)
+    (export / "modeling_baichuan.py").write_text("# placeholder\n")
+    with pytest.raises(ValueError, match="--trust-remote-code"):
+        load_model_and_tokenizer(export)
