@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-import torch  # noqa: F401  (no_grad)
+import torch
 
 
 def huatuo_prompt(question: str) -> str:
