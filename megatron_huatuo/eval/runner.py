@@ -24,6 +24,9 @@ from megatron_huatuo.eval.scoring import NORMALISATIONS, Request, continuation_l
 from megatron_huatuo.eval.stats import accuracy
 
 MODES = ("loglik", "generate")
+# Metadata fields that split a benchmark into groups, most specific first (CMB: exam_subject; CMMLU-style exports:
+# subject_name; else the question type).
+GROUP_KEYS = ("exam_subject", "subject_name", "exam_type", "question_type")
 
 
 @dataclass
@@ -62,7 +65,7 @@ class BenchResult:
     skipped: int
     seconds: float
     predictions_file: str
-    extra: dict = field(default_factory=dict)
+    by_group: dict = field(default_factory=dict)  # accuracy per subject / question type when the file has one
 
 
 def pick_shots(dev: list[MCQuestion], k: int, exclude_id: str | None = None) -> list[MCQuestion]:
@@ -121,11 +124,17 @@ def evaluate_benchmark(
     out_dir.mkdir(parents=True, exist_ok=True)
     pred_path = out_dir / f"{name}.predictions.jsonl"
     correct = 0
+    groups: dict[str, list[int]] = {}
     tmp = pred_path.with_suffix(".jsonl.tmp")
     with tmp.open("w", encoding="utf-8") as fh:
         for q, row in zip(scored_qs, rows):
             ok = row["pred"] == q.answer
             correct += ok
+            group = next((str(q.meta[k]) for k in GROUP_KEYS if q.meta.get(k)), None)
+            if group is not None:
+                tally = groups.setdefault(group, [0, 0])
+                tally[0] += ok
+                tally[1] += 1
             fh.write(json.dumps({"id": q.qid, "answer": q.answer, **row, "correct": ok}, ensure_ascii=False) + "\n")
     tmp.replace(pred_path)
     acc = accuracy(correct, len(scored_qs))
@@ -133,7 +142,13 @@ def evaluate_benchmark(
         name=name, correct=correct, total=len(scored_qs), accuracy=acc.value, ci_low=acc.low, ci_high=acc.high,
         skipped=len(questions) - len(scored_qs), seconds=round(time.perf_counter() - t0, 3),
         predictions_file=str(pred_path),
+        by_group={g: _group_stats(c, n) for g, (c, n) in sorted(groups.items())},
     )
+
+
+def _group_stats(correct: int, total: int) -> dict:
+    acc = accuracy(correct, total)
+    return {"correct": correct, "total": total, "accuracy": acc.value, "ci_low": acc.low, "ci_high": acc.high}
 
 
 def format_table(results: list[BenchResult]) -> str:

@@ -81,6 +81,17 @@ def test_evaluate_benchmark_predictions(model_tok, tmp_path):
         assert r["pred"] == best
         assert r["correct"] == (best == q.answer)
     assert res.correct == sum(r["correct"] for r in rows)
+    assert res.by_group == {}  # no subject fields in this file
+
+
+def test_accuracy_by_subject(model_tok, tmp_path):
+    model, tok = model_tok
+    rows = [dict(q, exam_subject=s) for q, s in zip(QUESTIONS[:3], ["内科", "外科", "内科"])]
+    res = evaluate_benchmark(model, tok, "cmb", write_jsonl(tmp_path / "cmb.jsonl", rows), EvalConfig(), tmp_path, None)
+    preds = [json.loads(line) for line in (tmp_path / "cmb.predictions.jsonl").read_text().splitlines()]
+    assert set(res.by_group) == {"内科", "外科"}
+    assert res.by_group["内科"]["total"] == 2
+    assert res.by_group["内科"]["correct"] == preds[0]["correct"] + preds[2]["correct"]
 
 
 def test_cli_both_modes(tiny_model_dir, tmp_path, capsys):
