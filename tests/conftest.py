@@ -5,18 +5,11 @@ committed; tests that need it take the ``shared_data`` fixture and are skipped w
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def shared_data_dir() -> Path:
-    """``$HUATUO_SHARED_DATA`` or ``<checkout>/../shared/data``."""
-    env = os.environ.get("HUATUO_SHARED_DATA")
-    return Path(env) if env else (REPO_ROOT.parent / "shared" / "data")
+from huatuo_testing import REPO_ROOT, shared_data_dir, shared_file  # noqa: F401  (re-exported for old imports)
 
 
 @pytest.fixture(scope="session")
@@ -29,14 +22,6 @@ def shared_data() -> Path:
     path = shared_data_dir()
     if not path.is_dir():
         pytest.skip(f"shared test data not found at {path} (set HUATUO_SHARED_DATA to point at it)")
-    return path
-
-
-def shared_file(relative: str) -> Path:
-    """Path of one shared data file, or skip the calling test naming the missing file."""
-    path = shared_data_dir() / relative
-    if not path.exists():
-        pytest.skip(f"shared test data file missing: {path}")
     return path
 
 

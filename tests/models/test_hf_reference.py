@@ -14,7 +14,7 @@ import torch
 
 import models_harness as H
 from megatron_huatuo.models.registry import get_arch
-from conftest import shared_file
+from huatuo_testing import shared_file
 
 transformers = pytest.importorskip("transformers")
 
