@@ -87,3 +87,22 @@ def test_usr1_saves_requeues_and_resumes_to_the_same_loss(slurm_env, tmp_path):
     ranks = rank_log.read_text()
     assert re.search(r"restart=1 resume_step=([1-9]\d*)", ranks), ranks
     assert (tmp_path / "pre" / "final_loss.txt").read_text() == ref_loss
+
+
+def test_step_array_expands_shards_and_requeues_a_stopped_task(slurm_env, tmp_path):
+    env = dict(slurm_env)
+    tmp_path.chmod(0o777)
+    out = tmp_path / "out"
+    job = subprocess.run(
+        ["sbatch", "--parsable", "--array=0-1", "--cpus-per-task=1", f"--output={tmp_path}/step-%A_%a.out",
+         f"--chdir={REPO_ROOT}", str(REPO_ROOT / "slurm" / "step.sbatch"), "slurm.echo_step",
+         "--shard", "${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}", "--out", str(out), "--sleep", "30"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip().split(";")[0]
+    wait_for(lambda: (out / "starts-1.log").exists(), 60, "array task 1 to start")
+    subprocess.run(["scancel", "--signal=USR1", "--batch", f"{job}_1"], env=env, check=True)
+    wait_for(lambda: (out / "shard-0-of-2.txt").exists() and (out / "shard-1-of-2.txt").exists(), 180,
+             "both shards")
+    assert (out / "shard-1-of-2.txt").read_text() == "1/2\n"
+    assert (out / "starts-1.log").read_text().splitlines() == ["restart=0", "restart=1"]
+    assert (out / "starts-0.log").read_text().splitlines() == ["restart=0"]
