@@ -1,0 +1,265 @@
+"""Training recipes: YAML -> typed dataclass configs, with ``dotted.key=value`` overrides and one validation place.
+
+Why strict: a typo in a recipe (``lerning_rate``) silently falling back to a default wastes a cluster run, so
+every unknown key fails naming the key and the file. Layout checks (heads/layers divisible by the parallel
+sizes, global batch divisible by micro batch x data parallel) run in :func:`validate`, before any process-group
+work, so a bad recipe fails in seconds on the login node instead of after a Slurm queue wait.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message names the file and the field."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "tiny-baichuan2-7b"
+    vocab_size: Optional[int] = None  # overrides the arch's vocabulary (e.g. the demo's 2048-token tokenizer)
+
+
+@dataclass
+class ParallelConfig:
+    tp: int = 1
+    pp: int = 1
+    vpp: Optional[int] = None
+    sp: bool = False
+    distributed_optimizer: bool = False
+
+
+@dataclass
+class OptimizerSection:
+    lr: float = 1e-4
+    min_lr: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    clip_grad: float = 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_fraction: float = 0.01
+    style: str = "cosine"  # cosine | linear | constant
+
+
+@dataclass
+class TrainSection:
+    steps: int = 10
+    global_batch: int = 8
+    micro_batch: int = 1
+    seq_length: int = 128
+    seed: int = 1234
+    precision: str = "fp32"  # fp32 | bf16 | fp8
+    recompute: str = "none"  # none | selective | full
+
+
+@dataclass
+class DataConfig:
+    type: str = "synthetic"  # synthetic | indexed | one_stage
+    path: Optional[str] = None  # one_stage: dataset directory
+    prefixes: List[str] = field(default_factory=list)  # indexed: .bin/.idx prefixes
+    repeat: int = 0  # synthetic: >0 cycles this many distinct rows (a learnable signal for tests)
+
+
+@dataclass
+class CheckpointConfig:
+    dir: Optional[str] = None
+    interval: int = 0  # 0: only on exit / signal
+    pretrained: Optional[str] = None
+
+
+@dataclass
+class LoggingConfig:
+    interval: int = 1
+    tensorboard_dir: Optional[str] = None
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    if origin is Union:  # Optional[X]
+        if value is None:
+            return None
+        inner = [a for a in get_args(hint) if a is not type(None)][0]
+        return _coerce(value, inner, where)
+    if origin in (list, List):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise RecipeError(f"{where}: expected a list, got {value!r}")
+        (inner,) = get_args(hint)
+        return [_coerce(v, inner, where) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise RecipeError(f"{where}: expected true/false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise RecipeError(f"{where}: expected a number, got {value!r}")
+        try:
+            out = hint(value)
+        except (TypeError, ValueError):
+            raise RecipeError(f"{where}: expected {hint.__name__}, got {value!r}") from None
+        if hint is int and isinstance(value, float) and value != out:
+            raise RecipeError(f"{where}: expected an integer, got {value!r}")
+        return out
+    if hint is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls, raw: Any, where: str, source: str):
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{source}: section '{where}' must be a mapping, got {raw!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise RecipeError(f"{source}: unknown key '{key}' (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in raw.items():
+        dotted = f"{where}.{name}" if where else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, dotted, source)
+        else:
+            kwargs[name] = _coerce(value, hint, f"{source}: {dotted}")
+    return cls(**kwargs)
+
+
+def _apply_override(raw: Dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise RecipeError(f"override {override!r}: expected dotted.key=value")
+    key, text = override.split("=", 1)
+    value = yaml.safe_load(text) if text != "" else None
+    parts = key.split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {override!r}: '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def load_recipe(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = (),
+                world_size: Optional[int] = None) -> Recipe:
+    """Read a YAML recipe (or start from defaults), apply overrides, build the typed config and validate it."""
+    raw: Dict[str, Any] = {}
+    source = str(path) if path is not None else "<defaults>"
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise RecipeError(f"{source}: cannot read recipe ({exc})") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise RecipeError(f"{source}: invalid YAML ({exc})") from None
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{source}: top level must be a mapping")
+    for override in overrides:
+        _apply_override(raw, override)
+    if overrides:
+        source += " (with overrides)"
+    recipe = _build(Recipe, raw, "", source)
+    validate(recipe, world_size=world_size, source=source)
+    return recipe
+
+
+def validate(recipe: Recipe, world_size: Optional[int] = None, source: str = "<recipe>") -> int:
+    """The one validation place. Returns the data-parallel size (1 when ``world_size`` is unknown)."""
+    from megatron_huatuo.models.registry import get_arch
+
+    def fail(field_name: str, why: str):
+        raise RecipeError(f"{source}: {field_name}: {why}")
+
+    try:
+        arch = get_arch(recipe.model.arch)
+    except KeyError as exc:
+        fail("model.arch", str(exc))
+    p, t = recipe.parallel, recipe.train
+    for name, value in (("parallel.tp", p.tp), ("parallel.pp", p.pp), ("train.steps", t.steps),
+                        ("train.global_batch", t.global_batch), ("train.micro_batch", t.micro_batch),
+                        ("train.seq_length", t.seq_length)):
+        if value < 1:
+            fail(name, f"must be >= 1, got {value}")
+    if p.vpp is not None and p.vpp < 1:
+        fail("parallel.vpp", f"must be >= 1, got {p.vpp}")
+    if p.vpp is not None and p.vpp > 1 and p.pp < 2:
+        fail("parallel.vpp", "virtual pipeline needs parallel.pp >= 2")
+    if p.sp and p.tp < 2:
+        fail("parallel.sp", "sequence parallelism needs parallel.tp >= 2")
+    if arch.num_attention_heads % p.tp:
+        fail("parallel.tp", f"{arch.name} has {arch.num_attention_heads} attention heads, not divisible by tp={p.tp}")
+    if arch.num_query_groups % p.tp:
+        fail("parallel.tp", f"{arch.name} has {arch.num_query_groups} KV groups, not divisible by tp={p.tp}")
+    stages = p.pp * (p.vpp or 1)
+    if arch.num_layers % stages:
+        fail("parallel.pp", f"{arch.name} has {arch.num_layers} layers, not divisible by pp*vpp={stages}")
+    vocab = recipe.model.vocab_size or arch.vocab_size
+    if recipe.model.vocab_size is not None and recipe.model.vocab_size < 1:
+        fail("model.vocab_size", "must be >= 1")
+    if vocab % p.tp:
+        fail("model.vocab_size", f"{vocab} not divisible by tp={p.tp}")
+    if t.precision not in ("fp32", "bf16", "fp8"):
+        fail("train.precision", f"expected fp32|bf16|fp8, got {t.precision!r}")
+    if t.recompute not in ("none", "selective", "full"):
+        fail("train.recompute", f"expected none|selective|full, got {t.recompute!r}")
+    if recipe.schedule.style not in ("cosine", "linear", "constant"):
+        fail("schedule.style", f"expected cosine|linear|constant, got {recipe.schedule.style!r}")
+    if not 0.0 <= recipe.schedule.warmup_fraction < 1.0:
+        fail("schedule.warmup_fraction", f"must be in [0, 1), got {recipe.schedule.warmup_fraction}")
+    if recipe.optimizer.min_lr > recipe.optimizer.lr:
+        fail("optimizer.min_lr", "must not exceed optimizer.lr")
+    if t.seq_length > arch.max_position_embeddings:
+        fail("train.seq_length", f"{t.seq_length} > {arch.name}'s context {arch.max_position_embeddings}")
+    d = recipe.data
+    if d.type not in ("synthetic", "indexed", "one_stage"):
+        fail("data.type", f"expected synthetic|indexed|one_stage, got {d.type!r}")
+    if d.type == "one_stage" and not d.path:
+        fail("data.path", "data.type one_stage needs a dataset directory")
+    if d.type == "indexed" and not d.prefixes:
+        fail("data.prefixes", "data.type indexed needs at least one .bin/.idx prefix")
+    if recipe.checkpoint.interval < 0:
+        fail("checkpoint.interval", "must be >= 0")
+    if recipe.logging.interval < 1:
+        fail("logging.interval", "must be >= 1")
+    dp = 1
+    if world_size is not None:
+        model_parallel = p.tp * p.pp
+        if world_size % model_parallel:
+            fail("parallel", f"world size {world_size} not divisible by tp*pp={model_parallel}")
+        dp = world_size // model_parallel
+    if t.global_batch % (t.micro_batch * dp):
+        fail("train.global_batch", f"{t.global_batch} not divisible by micro_batch*dp={t.micro_batch}*{dp}")
+    if p.vpp and p.vpp > 1 and (t.global_batch // (t.micro_batch * dp)) % p.pp:
+        fail("train.global_batch", "interleaved pipeline needs micro-batches per step divisible by parallel.pp")
+    return dp
