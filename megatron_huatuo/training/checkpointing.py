@@ -1,0 +1,110 @@
+"""Training checkpoints with megatron-core dist_checkpointing.
+
+Layout: ``<dir>/iter_%07d/`` is a dist_checkpointing directory of ``{"model"|"model0","model1",...: sharded
+model state, "optimizer": ..., "scheduler": ..., "iteration": ..., "consumed_samples": ...}``;
+``<dir>/latest_checkpointed_iteration.txt`` names the newest *complete* one. The marker is written (tmp file +
+``os.replace``) only after every rank has finished the save, so a job killed mid-save resumes from the previous
+complete checkpoint and never reads a half-written directory (which is deleted before it is saved again).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+
+MARKER = "latest_checkpointed_iteration.txt"
+# megatron-core 0.16.1 refuses the default distributed-optimizer format at save; this one reshards on load.
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
+
+
+def iteration_dir(root: str, iteration: int) -> Path:
+    return Path(root) / f"iter_{iteration:07d}"
+
+
+def latest_iteration(root: Optional[str]) -> Optional[int]:
+    """The iteration in the marker, or None (no marker / no directory)."""
+    if not root:
+        return None
+    marker = Path(root) / MARKER
+    if not marker.is_file():
+        return None
+    text = marker.read_text().strip()
+    try:
+        iteration = int(text)
+    except ValueError:
+        raise ValueError(f"{marker}: expected an iteration number, got {text!r}") from None
+    if not iteration_dir(root, iteration).is_dir():
+        raise FileNotFoundError(f"{marker} names iteration {iteration} but {iteration_dir(root, iteration)} is missing")
+    return iteration
+
+
+def model_state(chunks: List[torch.nn.Module]) -> dict:
+    """``"model"`` for one chunk, ``"model0"``, ``"model1"``... for virtual pipeline stages."""
+    if len(chunks) == 1:
+        return {"model": chunks[0].sharded_state_dict()}
+    return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
+
+
+def _barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def save(root: str, iteration: int, chunks, optimizer, scheduler, consumed_samples: int) -> Path:
+    from megatron.core import dist_checkpointing
+
+    target = iteration_dir(root, iteration)
+    if _rank() == 0:
+        if target.exists():  # an incomplete earlier attempt at this iteration
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+    _barrier()
+    state = model_state(chunks)
+    state["optimizer"] = optimizer.sharded_state_dict(state, metadata=OPTIMIZER_METADATA)
+    state["scheduler"] = scheduler.state_dict()
+    state["iteration"] = iteration
+    state["consumed_samples"] = consumed_samples
+    dist_checkpointing.save(state, str(target))
+    _barrier()
+    if _rank() == 0:
+        tmp = Path(root) / (MARKER + ".tmp")
+        tmp.write_text(f"{iteration}\n")
+        os.replace(tmp, Path(root) / MARKER)
+    _barrier()
+    return target
+
+
+def load(root: str, iteration: int, chunks, optimizer, scheduler) -> dict:
+    """Restores model, optimizer and scheduler in place; returns ``{"iteration", "consumed_samples"}``."""
+    from megatron.core import dist_checkpointing
+
+    path = str(iteration_dir(root, iteration))
+    template = model_state(chunks)
+    template["optimizer"] = optimizer.sharded_state_dict(template, is_loading=True, metadata=OPTIMIZER_METADATA)
+    loaded = dist_checkpointing.load(template, path)
+    if len(chunks) == 1:
+        chunks[0].load_state_dict(loaded["model"])
+    else:
+        for i, chunk in enumerate(chunks):
+            chunk.load_state_dict(loaded[f"model{i}"])
+    optimizer.load_state_dict(loaded["optimizer"])
+    scheduler.load_state_dict(loaded["scheduler"])
+    return {"iteration": int(loaded["iteration"]), "consumed_samples": int(loaded["consumed_samples"])}
+
+
+def load_pretrained(path: str, chunks) -> None:
+    """Weights only from a dist_checkpointing directory holding ``"model"`` (CKPT's import), resharded to this layout."""
+    from megatron.core import dist_checkpointing
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"checkpoint.pretrained: {path} is not a directory")
+    for chunk in chunks:  # every (virtual) stage reads its own layers from the single "model" entry
+        chunk.load_state_dict(dist_checkpointing.load({"model": chunk.sharded_state_dict()}, path)["model"])

@@ -1,0 +1,188 @@
+"""The training loop: provider GPTModel + megatron-core DDP, optimizer, scheduler and pipeline schedules.
+
+Loss: every micro-batch returns ``(sum(loss * mask), sum(mask))`` and the TransformerConfig sets
+``calculate_per_token_loss``, so megatron-core adds the token counts over micro-batches and data-parallel
+ranks and divides the gradients once: the step optimises sum(loss*mask)/sum(mask) over the *global* batch,
+not a mean of per-micro-batch means (which would over-weight short SFT answers).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+
+from megatron_huatuo.config.recipe import Recipe, validate
+from megatron_huatuo.training import checkpointing
+from megatron_huatuo.training.signals import EXIT_REQUEUE, StopRequest
+
+PEAK_FLOPS = {"bf16": 989e12, "fp8": 1979e12, "fp32": 67e12}  # H100 SXM dense
+
+
+@dataclass
+class TrainResult:
+    exit_code: int
+    iteration: int
+    losses: List[float]
+
+
+def _build(recipe: Recipe):
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    from megatron_huatuo.models.provider import build_model_chunks, transformer_config
+    from megatron_huatuo.models.registry import get_arch
+
+    p, t, o = recipe.parallel, recipe.train, recipe.optimizer
+    arch = get_arch(recipe.model.arch)
+    if recipe.model.vocab_size is not None:
+        arch = arch.with_overrides(vocab_size=recipe.model.vocab_size)
+    precision = "bf16" if t.precision == "fp8" else t.precision
+    config = transformer_config(arch, tensor_parallel=p.tp, pipeline_parallel=p.pp, virtual_pipeline=p.vpp,
+                                sequence_parallel=p.sp, precision=precision,
+                                fp8="hybrid" if t.precision == "fp8" else None, recompute=t.recompute,
+                                calculate_per_token_loss=True)
+    chunks = build_model_chunks(arch, config, masked_segments=True)
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+                                               use_distributed_optimizer=p.distributed_optimizer)
+    models = [DistributedDataParallel(config, ddp_config, chunk) for chunk in chunks]
+    config.finalize_model_grads_func = finalize_model_grads
+    opt_config = OptimizerConfig(optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay,
+                                 adam_beta1=o.beta1, adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=o.clip_grad,
+                                 bf16=precision == "bf16", params_dtype=config.params_dtype,
+                                 use_distributed_optimizer=p.distributed_optimizer)
+    optimizer = get_megatron_optimizer(opt_config, models)
+    warmup = int(recipe.schedule.warmup_fraction * t.steps)
+    scheduler = OptimizerParamScheduler(optimizer, init_lr=0.0 if warmup else o.lr, max_lr=o.lr, min_lr=o.min_lr,
+                                        lr_warmup_steps=warmup, lr_decay_steps=t.steps,
+                                        lr_decay_style=recipe.schedule.style, start_wd=o.weight_decay,
+                                        end_wd=o.weight_decay, wd_incr_steps=t.steps, wd_incr_style="constant")
+    return arch, config, chunks, models, optimizer, scheduler
+
+
+def _batches(loader_iter, count: int):
+    return [next(loader_iter) for _ in range(count)]
+
+
+def train(recipe: Recipe, log=print) -> TrainResult:
+    """Run (or resume) training described by ``recipe``. Process groups come from torchrun / Slurm env."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from torch.utils.data import DataLoader
+
+    from megatron_huatuo.data.builder import ResumableDistributedSampler, build_dataset
+    from megatron_huatuo.data.sample import attention_mask_from_segments
+    from megatron_huatuo.runtime import destroy, device, initialize
+
+    p, t = recipe.parallel, recipe.train
+    stop = StopRequest()
+    ctx = initialize(tensor_parallel=p.tp, pipeline_parallel=p.pp, virtual_pipeline=p.vpp,
+                     sequence_parallel=p.sp, seed=t.seed)
+    dp = validate(recipe, world_size=dist.get_world_size())
+    arch, config, chunks, models, optimizer, scheduler = _build(recipe)
+    num_micro = t.global_batch // (t.micro_batch * dp)
+    dev = device()
+
+    iteration, consumed = 0, 0
+    ckpt_dir = recipe.checkpoint.dir
+    latest = checkpointing.latest_iteration(ckpt_dir)
+    if latest is not None:
+        state = checkpointing.load(ckpt_dir, latest, chunks, optimizer, scheduler)
+        iteration, consumed = state["iteration"], state["consumed_samples"]
+        log(f"resumed from {checkpointing.iteration_dir(ckpt_dir, latest)} (consumed samples {consumed})")
+    elif recipe.checkpoint.pretrained:
+        checkpointing.load_pretrained(recipe.checkpoint.pretrained, chunks)
+        optimizer.reload_model_params()  # refresh fp32 main params from the loaded weights
+        log(f"loaded pretrained weights from {recipe.checkpoint.pretrained}")
+
+    dataset = build_dataset(recipe.data, t.seq_length, arch.vocab_size, t.seed, num_samples=t.steps * t.global_batch)
+    sampler = ResumableDistributedSampler(len(dataset), consumed, t.micro_batch,
+                                          ps.get_data_parallel_rank(), dp)
+    loader_iter = iter(DataLoader(dataset, batch_size=t.micro_batch, sampler=sampler, num_workers=0))
+
+    is_logger = dist.get_rank() == dist.get_world_size() - 1  # last pipeline stage, last DP rank
+    writer = None
+    if is_logger and recipe.logging.tensorboard_dir:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(recipe.logging.tensorboard_dir)
+
+    def forward_step(data_iterator, model):
+        batch = {k: v.to(dev) for k, v in next(data_iterator).items()}
+        mask = attention_mask_from_segments(batch["segment_ids"])
+        output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"])
+
+        def loss_func(per_token):
+            loss_mask = batch["loss_mask"].float()
+            loss_sum = (per_token.float() * loss_mask).sum()
+            tokens = loss_mask.sum().to(torch.int)
+            return loss_sum, tokens, {"lm loss": torch.stack([loss_sum.detach(), loss_mask.sum()])}
+
+        return output, loss_func
+
+    forward_backward = get_forward_backward_func()
+    losses: List[float] = []
+    exit_code = 0
+    flops_per_token = arch.flops_per_token(t.seq_length)
+    try:
+        while iteration < t.steps:
+            start = time.perf_counter()
+            batches = _batches(loader_iter, num_micro)
+            for model in models:
+                model.zero_grad_buffer()
+            optimizer.zero_grad()
+            iterators = [iter(batches) for _ in models]
+            reduced = forward_backward(
+                forward_step_func=forward_step,
+                data_iterator=iterators if len(models) > 1 else iterators[0],
+                model=models if len(models) > 1 else models[0],
+                num_microbatches=num_micro, seq_length=t.seq_length, micro_batch_size=t.micro_batch,
+                forward_only=False)
+            update_ok, grad_norm, _ = optimizer.step()
+            scheduler.step(increment=1)
+            iteration += 1
+            consumed += t.global_batch
+            loss = float("nan")
+            if ps.is_pipeline_last_stage(ignore_virtual=True):
+                totals = torch.stack([r["lm loss"] for r in reduced]).sum(0).to(dev)
+                dist.all_reduce(totals, group=ps.get_data_parallel_group())
+                loss = (totals[0] / totals[1].clamp(min=1)).item()
+            losses.append(loss)
+            elapsed = time.perf_counter() - start
+            if is_logger and (iteration % recipe.logging.interval == 0 or iteration == t.steps):
+                tokens_s = t.global_batch * t.seq_length / elapsed
+                record = dict(step=iteration, loss=round(loss, 6), lr=scheduler.get_lr(optimizer.param_groups[0]),
+                              grad_norm=None if grad_norm is None else float(grad_norm), skipped=not update_ok,
+                              tokens_per_s=round(tokens_s, 1), step_s=round(elapsed, 3))
+                if torch.cuda.is_available():
+                    tflops = tokens_s * flops_per_token / dist.get_world_size()
+                    record["tflops_per_gpu"] = round(tflops / 1e12, 1)
+                    record["mfu"] = round(tflops / PEAK_FLOPS.get(t.precision, PEAK_FLOPS["bf16"]), 4)
+                log("train " + json.dumps(record))
+                if writer is not None:
+                    for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
+                        if record.get(key) is not None and not (isinstance(record[key], float) and math.isnan(record[key])):
+                            writer.add_scalar(f"train/{key}", record[key], iteration)
+            interval = recipe.checkpoint.interval
+            stopping = stop.agreed()
+            if ckpt_dir and (stopping or (interval and iteration % interval == 0) or iteration == t.steps):
+                checkpointing.save(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed)
+                if is_logger:
+                    log(f"saved checkpoint iteration {iteration}")
+            if stopping and iteration < t.steps:
+                log(f"stop signal received: exiting with {EXIT_REQUEUE} after step {iteration}")
+                exit_code = EXIT_REQUEUE
+                break
+    finally:
+        if writer is not None:
+            writer.close()
+        stop.restore()
+        destroy()
+        sys.stdout.flush()
+    return TrainResult(exit_code=exit_code, iteration=iteration, losses=losses)
