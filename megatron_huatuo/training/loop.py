@@ -144,6 +144,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
                 model=models if len(models) > 1 else models[0],
                 num_microbatches=num_micro, seq_length=t.seq_length, micro_batch_size=t.micro_batch,
                 forward_only=False)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler then moves on)
             update_ok, grad_norm, _ = optimizer.step()
             scheduler.step(increment=1)
             iteration += 1
@@ -157,7 +158,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
             elapsed = time.perf_counter() - start
             if is_logger and (iteration % recipe.logging.interval == 0 or iteration == t.steps):
                 tokens_s = t.global_batch * t.seq_length / elapsed
-                record = dict(step=iteration, loss=round(loss, 6), lr=scheduler.get_lr(optimizer.param_groups[0]),
+                record = dict(step=iteration, loss=round(loss, 6), lr=lr,
                               grad_norm=None if grad_norm is None else float(grad_norm), skipped=not update_ok,
                               tokens_per_s=round(tokens_s, 1), step_s=round(elapsed, 3))
                 if torch.cuda.is_available():
