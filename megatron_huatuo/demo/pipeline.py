@@ -208,7 +208,7 @@ class DemoPipeline:
 
     # prepare ---------------------------------------------------------------------------------------------------
     def check_prepare(self) -> None:
-        require("preprocessing.cli", "prepare", "PREP helper, issue 3")
+        require("preprocessing.cli", "prepare", "issue 3")
 
     def run_prepare(self):
         raise MissingComponent("prepare: not wired yet")
@@ -221,7 +221,7 @@ class DemoPipeline:
         return inputs
 
     def check_rewrite(self) -> None:
-        require("preprocessing.cli", "rewrite", "PREP helper, issue 3")
+        require("preprocessing.cli", "rewrite", "issue 3")
 
     def surviving_doc_ids(self) -> set[str] | None:
         """Document ids kept by the prepare stage, or None when it has not run."""
@@ -257,24 +257,72 @@ class DemoPipeline:
 
     # dataset ---------------------------------------------------------------------------------------------------
     def check_dataset(self) -> None:
-        require("preprocessing.dataset", "dataset", "DATA helper, issue 4")
+        require("preprocessing.dataset", "dataset", "issue 4")
 
     def run_dataset(self):
-        raise MissingComponent("dataset: not wired yet")
+        args = ["build", "--pairs", self.p.rewrite / "pairs.jsonl"]
+        for sft in self.sft_files():
+            args += ["--sft", sft]
+        args += ["--tokenizer", self.p.tokenizer, "--seq-length", self.cfg.seq_length, "--seed", self.cfg.seed,
+                 "--out", self.p.dataset]
+        self.sh("dataset", python_module("preprocessing.dataset", *args))
+        manifest = self.p.dataset / "manifest.json"
+        return json.loads(manifest.read_text(encoding="utf-8")) if manifest.exists() else {"dir": str(self.p.dataset)}
 
     # train -----------------------------------------------------------------------------------------------------
     def check_train(self) -> None:
-        require("megatron_huatuo.train", "train", "TRAIN helper, issue 2b")
+        require("megatron_huatuo.train", "train", "issue 2")
+
+    def train_recipe(self) -> Path:
+        """The demo's recipe: the tiny CPU recipe with the demo's sizes and the one-stage dataset."""
+        import yaml
+
+        c, p = self.cfg, self.p
+        recipe = {
+            "model": {"arch": c.arch, "vocab_size": c.vocab_size},
+            "parallel": {"tp": c.tensor_parallel, "pp": c.pipeline_parallel, "distributed_optimizer": True},
+            "optimizer": {"lr": c.lr, "min_lr": c.lr / 10},
+            "schedule": {"warmup_fraction": 0.05, "style": "cosine"},
+            "train": {"steps": c.train_steps, "global_batch": c.global_batch_size, "micro_batch": c.micro_batch_size,
+                      "seq_length": c.seq_length, "seed": c.seed, "precision": "fp32"},
+            "data": {"type": "one_stage", "path": str(p.dataset.resolve())},
+            "checkpoint": {"dir": str((p.train / "checkpoints").resolve()), "interval": c.save_interval},
+            "logging": {"interval": 5, "tensorboard_dir": str((p.train / "tensorboard").resolve())},
+        }
+        path = p.train / "recipe.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+        return path
 
     def run_train(self):
-        raise MissingComponent("train: not wired yet")
+        recipe = self.train_recipe()
+        nproc = self.cfg.tensor_parallel * self.cfg.pipeline_parallel
+        self.sh("train", torchrun(nproc, "megatron_huatuo.train", "--config", recipe))
+        ckpt = self.p.train / "checkpoints"
+        latest = (ckpt / "latest_checkpointed_iteration.txt").read_text().strip()
+        losses = []  # the trainer logs one "train {json}" line per step
+        for line in (self.p.logs / "train.log").read_text(encoding="utf-8", errors="replace").splitlines():
+            head, _, body = line.strip().partition("train {")
+            if _ and not head.strip():
+                try:
+                    losses.append(json.loads("{" + body)["loss"])
+                except (ValueError, KeyError):
+                    pass
+        return {"recipe": str(recipe), "checkpoint_iteration": int(latest),
+                "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
 
     # export ----------------------------------------------------------------------------------------------------
     def check_export(self) -> None:
-        require("checkpoints_tools.cli", "export", "CKPT helper, issue 5")
+        require("checkpoints_tools.cli", "export", "issue 5")
 
     def run_export(self):
-        raise MissingComponent("export: not wired yet")
+        c = self.cfg
+        self.sh("export", python_module("checkpoints_tools", "export", "--ckpt", self.p.train / "checkpoints",
+                                        "--arch", c.arch, "--vocab-size", c.vocab_size, "--out", self.p.hf_model,
+                                        "--tokenizer", self.p.tokenizer, "--format", "llama"))
+        config = json.loads((self.p.hf_model / "config.json").read_text(encoding="utf-8"))
+        return {"dir": str(self.p.hf_model), "architectures": config.get("architectures"),
+                "vocab_size": config.get("vocab_size")}
 
     # answer / eval ---------------------------------------------------------------------------------------------
     def run_answer(self):
