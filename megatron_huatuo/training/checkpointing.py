@@ -8,6 +8,7 @@ complete checkpoint and never reads a half-written directory (which is deleted b
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -82,9 +83,72 @@ def save(root: str, iteration: int, chunks, optimizer, scheduler, consumed_sampl
     return target
 
 
+def _materialize_adam_state(optimizer) -> None:
+    """Give a fresh torch Adam its state (and ``step``) before a distributed-optimizer load.
+
+    megatron-core's DistributedOptimizer reads ``step`` from the inner torch optimizer while building the loading
+    template, and a fresh torch Adam has no state yet (AssertionError in ``state_dict``). One inner step with zero
+    gradients at lr 0 creates the state without changing any weight; the load then overwrites it.
+    """
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if inner is None or not getattr(opt.config, "use_distributed_optimizer", False) or len(inner.state):
+            continue
+        saved = [group["lr"] for group in inner.param_groups]
+        for group in inner.param_groups:
+            group["lr"] = 0.0
+            for param in group["params"]:
+                param.grad = torch.zeros_like(param)
+        inner.step()
+        inner.zero_grad()
+        for group, lr in zip(inner.param_groups, saved):
+            group["lr"] = lr
+
+
+@contextlib.contextmanager
+def _torch_adam_step_kept_aside(optimizer):
+    """Work around megatron-core 0.16.1 loading a fully-reshardable distributed-optimizer state into torch Adam.
+
+    Its loader first puts torch Adam's per-parameter ``step`` into the state, then copies every state key from
+    the checkpoint's per-parameter tensors, which never hold ``step`` (KeyError 'step'). For the duration of the
+    load, each parameter's copy hides ``step`` and puts it back afterwards (value from the checkpoint's common part).
+    """
+    patched = []
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        original = getattr(opt, "_set_main_param_and_optimizer_states", None)
+        if original is None or not getattr(opt.config, "use_distributed_optimizer", False):
+            continue
+
+        def without_step(model_param, tensors, _opt=opt, _original=original):
+            group_index, group_order = _opt.model_param_group_index_map[model_param]
+            main_param = _opt.optimizer.param_groups[group_index]["params"][group_order]
+            state = _opt.optimizer.state[main_param]
+            step = state.pop("step", None)
+            try:
+                _original(model_param, tensors)
+            finally:
+                if step is not None:
+                    state["step"] = step
+
+        opt._set_main_param_and_optimizer_states = without_step
+        patched.append(opt)
+    try:
+        yield
+    finally:
+        for opt in patched:
+            del opt._set_main_param_and_optimizer_states
+            # The loader also hands every parameter the *same* ``step`` tensor; torch Adam increments each
+            # parameter's step in place, so a shared one would advance once per parameter per step.
+            for state in opt.optimizer.state.values():
+                if isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = state["step"].clone()
+
+
 def load(root: str, iteration: int, chunks, optimizer, scheduler) -> dict:
     """Restores model, optimizer and scheduler in place; returns ``{"iteration", "consumed_samples"}``."""
     from megatron.core import dist_checkpointing
+
+    _materialize_adam_state(optimizer)
 
     path = str(iteration_dir(root, iteration))
     template = model_state(chunks)
@@ -95,7 +159,8 @@ def load(root: str, iteration: int, chunks, optimizer, scheduler) -> dict:
     else:
         for i, chunk in enumerate(chunks):
             chunk.load_state_dict(loaded[f"model{i}"])
-    optimizer.load_state_dict(loaded["optimizer"])
+    with _torch_adam_step_kept_aside(optimizer):
+        optimizer.load_state_dict(loaded["optimizer"])
     scheduler.load_state_dict(loaded["scheduler"])
     return {"iteration": int(loaded["iteration"]), "consumed_samples": int(loaded["consumed_samples"])}
 

@@ -20,7 +20,14 @@ STEPS = 6
 COMMON = [f"train.steps={STEPS}", "train.global_batch=8", "train.micro_batch=2", "train.seq_length=64"]
 
 
-def _launch(ckpt_dir: Path, log_dir: Path, tag: str):
+LAYOUTS = {
+    "tp2": ["parallel.tp=2"],
+    # data parallel 2 with megatron-core's distributed optimizer (sharded Adam state, fully reshardable save)
+    "dp2-distributed-optimizer": ["parallel.tp=1", "parallel.distributed_optimizer=true"],
+}
+
+
+def _launch(ckpt_dir: Path, log_dir: Path, tag: str, layout=()):
     """Both ranks as separate processes with torchrun-style env (as srun would start them: each gets signals)."""
     port = free_port()
     procs = []
@@ -29,7 +36,7 @@ def _launch(ckpt_dir: Path, log_dir: Path, tag: str):
                    MASTER_PORT=str(port), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         out = open(log_dir / f"{tag}-rank{rank}.log", "w")
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "megatron_huatuo.train", "--config", str(RECIPE), *COMMON,
+            [sys.executable, "-m", "megatron_huatuo.train", "--config", str(RECIPE), *COMMON, *layout,
              f"checkpoint.dir={ckpt_dir}"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
     return procs
 
@@ -49,13 +56,14 @@ def _wait(procs, timeout=180):
                 p.kill()
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+@pytest.fixture(scope="module", params=sorted(LAYOUTS))
+def runs(request, tmp_path_factory):
+    layout = LAYOUTS[request.param]
     tmp = tmp_path_factory.mktemp("train")
-    straight = _launch(tmp / "ck-straight", tmp, "straight")
+    straight = _launch(tmp / "ck-straight", tmp, "straight", layout)
     codes_straight = _wait(straight)
 
-    interrupted = _launch(tmp / "ck-resume", tmp, "first")
+    interrupted = _launch(tmp / "ck-resume", tmp, "first", layout)
     deadline = time.time() + 150
     while time.time() < deadline and len(_losses(tmp, "first")) < 2 and all(p.poll() is None for p in interrupted):
         time.sleep(0.05)
@@ -65,7 +73,7 @@ def runs(tmp_path_factory):
     codes_first = _wait(interrupted)
     marker = (tmp / "ck-resume" / "latest_checkpointed_iteration.txt").read_text().strip()
 
-    codes_second = _wait(_launch(tmp / "ck-resume", tmp, "second"))
+    codes_second = _wait(_launch(tmp / "ck-resume", tmp, "second", layout))
     return dict(tmp=tmp, codes=(codes_straight, codes_first, codes_second), marker=marker,
                 straight=_losses(tmp, "straight"), first=_losses(tmp, "first"), second=_losses(tmp, "second"))
 
