@@ -1,0 +1,1 @@
+"""Hugging Face <-> megatron-core checkpoint conversion (import / export) for the HuatuoGPT-II architectures."""

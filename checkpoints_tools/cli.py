@@ -1,0 +1,44 @@
+"""``python -m checkpoints_tools import|export ...`` (see docs/checkpoints.md)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m checkpoints_tools", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="Hugging Face model -> megatron-core dist_checkpointing directory")
+    imp.add_argument("--hf", required=True, help="HF directory (safetensors or pytorch_model*.bin + config.json)")
+    imp.add_argument("--arch", required=True, help="registry arch name, e.g. baichuan2-7b, yi-34b")
+    imp.add_argument("--out", required=True, help="output directory (must be empty or absent)")
+    exp = sub.add_parser("export", help="dist checkpoint or training checkpoint.dir -> HF safetensors")
+    exp.add_argument("--ckpt", required=True, help="import directory or training checkpoint.dir")
+    exp.add_argument("--arch", required=True)
+    exp.add_argument("--out", required=True)
+    exp.add_argument("--vocab-size", type=int, default=None, help="default: the checkpoint's embedding rows")
+    exp.add_argument("--iteration", type=int, default=None, help="default: latest_checkpointed_iteration.txt")
+    exp.add_argument("--tokenizer", default=None, help="directory whose files are copied next to the weights")
+    exp.add_argument("--format", choices=["llama", "baichuan"], default=None,
+                     help="default: llama for RoPE archs (NormHead folded), baichuan for ALiBi")
+    exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    from checkpoints_tools import convert
+
+    if args.command == "import":
+        out = convert.import_hf(args.hf, args.arch, args.out)
+    else:
+        out = convert.export(args.ckpt, args.arch, args.out, convert.ExportOptions(
+            fmt=args.format, vocab_size=args.vocab_size, iteration=args.iteration,
+            tokenizer=args.tokenizer, dtype=args.dtype))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""HF <-> megatron conversion, checked against Hugging Face transformers itself.
+
+import: the megatron model (TP=2, two gloo processes, resharded by megatron-core from the TP1 import) must give
+HF's logits. export: the written safetensors must equal the original HF tensors bit for bit, and the exported
+Llama directory must load with plain ``transformers`` and give the same logits.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import ckpt_harness as H
+from megatron_huatuo.runtime import run_distributed
+
+transformers = pytest.importorskip("transformers")
+
+
+def cli(*args):
+    proc = subprocess.run([sys.executable, "-m", "checkpoints_tools", *args], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def load_dir(path):
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out.update(load_file(str(f)))
+    return out
+
+
+def tokens_for(vocab):
+    g = torch.Generator().manual_seed(7)
+    return torch.randint(0, vocab, (2, 16), generator=g)
+
+
+@pytest.mark.parametrize("arch_name", ["tiny-yi", "tiny-baichuan2-7b"])
+def test_llama_import_logits_and_export_round_trip(tmp_path, arch_name):
+    norm_head = arch_name.startswith("tiny-baichuan")
+    hf = H.tiny_hf_llama(arch_name, normalise_head=norm_head)
+    hf.save_pretrained(tmp_path / "hf")
+    cli("import", "--hf", str(tmp_path / "hf"), "--arch", arch_name, "--out", str(tmp_path / "mc"))
+    info = json.loads((tmp_path / "mc" / "huatuo_checkpoint.json").read_text())
+    assert info["arch"] == arch_name and info["vocab_size"] == hf.config.vocab_size
+
+    tokens = tokens_for(hf.config.vocab_size)
+    logits = run_distributed(H.megatron_logits, world_size=2, args=(str(tmp_path / "mc"), arch_name, 2, tokens))
+    with torch.no_grad():
+        ref = hf(tokens).logits
+    for rank_logits in logits:
+        torch.testing.assert_close(rank_logits, ref, rtol=1e-4, atol=1e-4)
+
+    cli("export", "--ckpt", str(tmp_path / "mc"), "--arch", arch_name, "--out", str(tmp_path / "back"))
+    back = load_dir(tmp_path / "back")
+    orig = {k: v for k, v in hf.state_dict().items() if "rotary" not in k}
+    assert set(back) == set(orig)
+    for k, v in orig.items():
+        if k == "lm_head.weight" and norm_head:  # re-normalised at export: equal up to rounding
+            torch.testing.assert_close(back[k], v, rtol=0, atol=1e-6)
+        else:
+            assert torch.equal(back[k], v), k
+    reloaded = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "back")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(tokens).logits, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_baichuan_w_pack_round_trip(tmp_path):
+    arch_name = "tiny-baichuan2-7b"
+    hf = H.tiny_hf_llama(arch_name, seed=3, normalise_head=True)
+    saved = H.save_as_baichuan(hf, tmp_path / "hf")
+    cli("import", "--hf", str(tmp_path / "hf"), "--arch", arch_name, "--out", str(tmp_path / "mc"))
+    tokens = tokens_for(hf.config.vocab_size)
+    (logits,) = run_distributed(H.megatron_logits, world_size=1, args=(str(tmp_path / "mc"), arch_name, 1, tokens))
+    with torch.no_grad():
+        torch.testing.assert_close(logits, hf(tokens).logits, rtol=1e-4, atol=1e-4)
+
+    cli("export", "--ckpt", str(tmp_path / "mc"), "--arch", arch_name, "--format", "baichuan",
+        "--out", str(tmp_path / "back"))
+    back = load_dir(tmp_path / "back")
+    assert set(back) == set(saved)
+    for k, v in saved.items():
+        assert torch.equal(back[k], v), k
+    config = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert config["architectures"] == ["BaichuanForCausalLM"] and "AutoModelForCausalLM" in config["auto_map"]
+
+
+def test_bad_inputs_name_the_problem(tmp_path):
+    from checkpoints_tools import convert
+
+    with pytest.raises(FileNotFoundError, match="not found"):
+        convert.resolve_checkpoint(str(tmp_path / "nope"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / convert.MARKER).write_text("abc")
+    with pytest.raises(ValueError, match="latest_checkpointed_iteration.txt"):
+        convert.resolve_checkpoint(str(tmp_path / "run"))
