@@ -1,0 +1,74 @@
+"""The trainer's view of a one-stage dataset directory: priority-ordered, packed rows per the sample contract.
+
+``build_one_stage_dataset(path, seq_length, seed)`` reads the directory with megatron-core's ``IndexedDataset``,
+draws the priority order (:mod:`megatron_huatuo.data.priority`) for ``seed``, packs it greedily
+(:mod:`megatron_huatuo.data.packing`) and serves row ``i`` (wrapping when ``num_samples`` exceeds the row count).
+Everything is a pure function of the files and the seed, so every rank, and every resumed run, sees the same rows.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+from torch.utils.data import Dataset
+
+from megatron_huatuo.data.one_stage_format import MASK_SUFFIX, read_manifest
+from megatron_huatuo.data.packing import PackPlan, pack_row, plan_packing
+from megatron_huatuo.data.priority import priority_order
+
+
+class OneStageDataset(Dataset):
+    def __init__(self, path: str | Path, seq_length: int, seed: int, num_samples: Optional[int] = None,
+                 isolate: bool = True):
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        self.seq_length, self.seed, self.isolate = seq_length, seed, isolate
+        self.pad_id = int(self.manifest["eos_id"])
+        self.sources = self.manifest["sources"]
+        self.tokens: List[IndexedDataset] = []
+        self.masks: List[IndexedDataset] = []
+        lengths = []
+        for src in self.sources:
+            prefix = str(self.path / src["prefix"])
+            tok, mask = IndexedDataset(prefix), IndexedDataset(prefix + MASK_SUFFIX)
+            if len(tok) != src["documents"] or not np.array_equal(tok.sequence_lengths, mask.sequence_lengths):
+                raise ValueError(f"{prefix}: tokens/loss-mask files disagree with each other or with manifest.json")
+            self.tokens.append(tok)
+            self.masks.append(mask)
+            lengths.append(tok.sequence_lengths)
+        sizes = [len(t) for t in self.tokens]
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        self.order = priority_order(sizes, [s["priority"] for s in self.sources], [s["epochs"] for s in self.sources],
+                                    seed)
+        self.plan: PackPlan = plan_packing(self.lengths, self.order, seq_length)
+        if not self.plan.rows:
+            raise ValueError(f"{self.path}: no samples to pack")
+        self.num_samples = num_samples if num_samples else len(self.plan.rows)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def document(self, gid: int):
+        """(token ids, trained mask) of global document ``gid``."""
+        k = int(np.searchsorted(self.offsets, gid, side="right") - 1)
+        local = int(gid - self.offsets[k])
+        return self.tokens[k][local].astype(np.int64), self.masks[k][local]
+
+    def source_of(self, gid: int) -> str:
+        return self.sources[int(np.searchsorted(self.offsets, gid, side="right") - 1)]["name"]
+
+    def __getitem__(self, i: int) -> Dict:
+        row = self.plan.rows[i % len(self.plan.rows)]
+        return pack_row([self.document(int(self.order[j])) for j in row], self.seq_length, self.pad_id, self.isolate)
+
+    def stats(self) -> dict:
+        return {"samples": int(len(self.order)), "packed_rows": len(self.plan.rows),
+                "truncated": self.plan.truncated, "padding_ratio": round(self.plan.padding_ratio(self.seq_length), 4)}
+
+
+def build_one_stage_dataset(path: str, seq_length: int, seed: int, num_samples: int | None = None) -> Dataset:
+    """The trainer's entry point (see the module docstring)."""
+    return OneStageDataset(path, seq_length, seed, num_samples)

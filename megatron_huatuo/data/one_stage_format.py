@@ -1,0 +1,32 @@
+"""On-disk layout of a one-stage dataset directory (written by ``python -m preprocessing.dataset build``).
+
+- ``manifest.json``: ``format_version``, ``tokenizer``, ``template``, ``seq_length``, ``seed``, ``eos_id``,
+  ``vocab_size``, ``inputs`` (files and row counts), ``sources`` (one per kind: ``name``, ``kind``, ``prefix``,
+  ``documents``, ``tokens``, ``trained_tokens``, ``priority``, ``epochs``), ``truncated_at_build`` = 0.
+- per source ``<prefix>.bin/.idx``: megatron-core indexed dataset, one document (one sequence) per formatted
+  conversation; ``<prefix>_loss_mask.bin/.idx``: a uint8 indexed dataset with exactly the same sequence lengths
+  and document structure, 1 where the token is a trained target.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MASK_SUFFIX = "_loss_mask"
+
+
+def read_manifest(path: str | Path) -> dict:
+    path = Path(path)
+    mf = path / MANIFEST
+    if not mf.exists():
+        raise FileNotFoundError(f"{mf}: not a one-stage dataset directory (no manifest.json)")
+    manifest = json.loads(mf.read_text(encoding="utf-8"))
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{mf}: format_version {manifest.get('format_version')!r}, expected {FORMAT_VERSION}")
+    for i, src in enumerate(manifest.get("sources", [])):
+        for key in ("name", "prefix", "documents", "priority", "epochs"):
+            if key not in src:
+                raise ValueError(f"{mf}: sources[{i}] lacks field {key!r}")
+    return manifest

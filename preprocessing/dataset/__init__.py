@@ -1,0 +1,1 @@
+"""One-stage dataset preparation: conversation formats, chat templates, tokenised .bin/.idx with loss masks."""

@@ -1,0 +1,5 @@
+"""``python -m preprocessing.dataset build ...`` (see ``docs/dataset.md``)."""
+from preprocessing.dataset.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
