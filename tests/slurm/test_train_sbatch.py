@@ -106,3 +106,61 @@ def test_step_array_expands_shards_and_requeues_a_stopped_task(slurm_env, tmp_pa
     assert (out / "shard-1-of-2.txt").read_text() == "1/2\n"
     assert (out / "starts-1.log").read_text().splitlines() == ["restart=0", "restart=1"]
     assert (out / "starts-0.log").read_text().splitlines() == ["restart=0"]
+
+
+def _losses(log: Path) -> dict[int, float]:
+    """step -> loss from the trainer's "train {json}" lines (a requeued run appends to the same log)."""
+    import json
+
+    out = {}
+    for line in log.read_text(errors="replace").splitlines():
+        head, sep, body = line.partition("train {")
+        if sep and not head.strip():
+            record = json.loads("{" + body)
+            out[record["step"]] = record["loss"]
+    return out
+
+
+STEPS = 150  # ~0.07 s each on 2 CPU ranks: long enough for the signal to land mid-run
+
+
+def _losses_before_requeue(log: Path) -> dict[int, float]:
+    text = log.read_text(errors="replace")
+    first_run = text.split("stop signal received")[0]
+    tmp = log.with_suffix(".first")
+    tmp.write_text(first_run)
+    return _losses(tmp)
+
+
+def test_real_trainer_preempted_on_slurm_resumes_to_the_same_losses(slurm_env, tmp_path):
+    """megatron_huatuo.train itself (tiny Baichuan2, TP=2, gloo) under train.sbatch: USR1 -> exit 75 -> requeue."""
+    env = dict(slurm_env, HUATUO_LOG_DIR=str(tmp_path / "logs"))
+    env.pop("HUATUO_TRAIN_MODULE")
+    tmp_path.chmod(0o777)
+    recipe = REPO_ROOT / "megatron_huatuo" / "recipes" / "tiny-baichuan2-7b-tp2.yaml"
+
+    def submit(name):
+        return subprocess.run(
+            ["sbatch", "--parsable", f"--job-name={name}", "--nodes=1", "--ntasks=2", "--ntasks-per-node=2",
+             "--cpus-per-task=1", f"--output={tmp_path}/{name}-%j.out", f"--chdir={REPO_ROOT}",
+             str(REPO_ROOT / "slurm" / "train.sbatch"), str(recipe), f"checkpoint.dir={tmp_path / name}",
+             f"train.steps={STEPS}", "checkpoint.interval=0"],
+            env=env, capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+
+    ref = submit("ref")
+    wait_for(lambda: job_state(env, ref) in ("COMPLETED", "FAILED", "GONE"), 240, "the reference training job")
+    ref_log = tmp_path / "logs" / f"ref-{ref}" / "rank-1.log"  # the trainer logs from the last rank
+    ref_losses = _losses(ref_log)
+    assert sorted(ref_losses) == list(range(1, STEPS + 1)), ref_log.read_text()[-3000:]
+
+    job = submit("pre")
+    rank_log = tmp_path / "logs" / f"pre-{job}" / "rank-1.log"
+    wait_for(lambda: rank_log.exists() and 3 in _losses(rank_log), 180, "three training steps")
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True)
+    wait_for(lambda: job_state(env, job) in ("COMPLETED", "FAILED") or STEPS in _losses(rank_log), 300,
+             "the requeued training job to finish")
+    batch_log = (tmp_path / f"pre-{job}.out").read_text()
+    assert "trainer exited rc=75" in batch_log and "requeueing job" in batch_log, batch_log
+    losses = _losses(rank_log)
+    assert max(_losses_before_requeue(rank_log)) < STEPS, "the signal came too late to test a resume"
+    assert losses == ref_losses, (losses, ref_losses)
