@@ -17,7 +17,10 @@ def build_dataset(data, seq_length: int, vocab_size: int, seed: int, num_samples
 
         return IndexedDocumentsDataset(data.prefixes, seq_length)
     if data.type == "one_stage":
-        from megatron_huatuo.data.one_stage import build_one_stage_dataset  # DATA's API, imported lazily
+        try:
+            from megatron_huatuo.data.one_stage import build_one_stage_dataset  # DATA's API, imported lazily
+        except ImportError as exc:
+            raise ImportError(f"data.type one_stage needs megatron_huatuo.data.one_stage ({exc})") from exc
 
         return build_one_stage_dataset(data.path, seq_length, seed, num_samples=num_samples)
     raise ValueError(f"data.type: unknown type {data.type!r}")

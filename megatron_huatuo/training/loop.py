@@ -95,11 +95,13 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     if latest is not None:
         state = checkpointing.load(ckpt_dir, latest, chunks, optimizer, scheduler)
         iteration, consumed = state["iteration"], state["consumed_samples"]
-        log(f"resumed from {checkpointing.iteration_dir(ckpt_dir, latest)} (consumed samples {consumed})")
+        if dist.get_rank() == 0:
+            log(f"resumed from {checkpointing.iteration_dir(ckpt_dir, latest)} (consumed samples {consumed})")
     elif recipe.checkpoint.pretrained:
         checkpointing.load_pretrained(recipe.checkpoint.pretrained, chunks)
         optimizer.reload_model_params()  # refresh fp32 main params from the loaded weights
-        log(f"loaded pretrained weights from {recipe.checkpoint.pretrained}")
+        if dist.get_rank() == 0:
+            log(f"loaded pretrained weights from {recipe.checkpoint.pretrained}")
 
     dataset = build_dataset(recipe.data, t.seq_length, arch.vocab_size, t.seed, num_samples=t.steps * t.global_batch)
     sampler = ResumableDistributedSampler(len(dataset), consumed, t.micro_batch,
@@ -177,7 +179,8 @@ def train(recipe: Recipe, log=print) -> TrainResult:
                 if is_logger:
                     log(f"saved checkpoint iteration {iteration}")
             if stopping and iteration < t.steps:
-                log(f"stop signal received: exiting with {EXIT_REQUEUE} after step {iteration}")
+                if dist.get_rank() == 0:
+                    log(f"stop signal received: exiting with {EXIT_REQUEUE} after step {iteration}")
                 exit_code = EXIT_REQUEUE
                 break
     finally:
