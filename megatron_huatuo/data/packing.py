@@ -17,7 +17,7 @@ import torch
 
 @dataclass
 class PackPlan:
-    rows: List[np.ndarray]  # per row, the sample ids (indices into the ordered sample list)
+    rows: List[np.ndarray]  # per row, positions into ``order`` (so repeated epochs of a sample stay distinct)
     truncated: int  # samples cut to seq_length
     tokens: int  # real tokens placed (after truncation)
 
@@ -27,11 +27,11 @@ class PackPlan:
 
 
 def plan_packing(lengths: Sequence[int], order: Sequence[int], seq_length: int) -> PackPlan:
-    """Greedy rows over ``order`` (sample ids into ``lengths``)."""
+    """Greedy rows over ``order`` (sample ids into ``lengths``); rows hold positions into ``order``."""
     rows: List[np.ndarray] = []
     current: List[int] = []
     used = truncated = tokens = 0
-    for sid in order:
+    for pos, sid in enumerate(order):
         n = int(lengths[sid])
         if n > seq_length:
             truncated += 1
@@ -39,7 +39,7 @@ def plan_packing(lengths: Sequence[int], order: Sequence[int], seq_length: int) 
         if current and used + n > seq_length:
             rows.append(np.asarray(current, dtype=np.int64))
             current, used = [], 0
-        current.append(int(sid))
+        current.append(pos)
         used += n
         tokens += n
     if current:

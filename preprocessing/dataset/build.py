@@ -47,10 +47,10 @@ def build(cfg: BuildConfig) -> dict:
     for kind_of_file, files in (("pairs", cfg.pairs), ("sft", cfg.sft)):
         for path in files:
             rows = 0
-            for lineno, (row, turns) in enumerate(read_rows(path), 1):
+            for lineno, row, turns in read_rows(path):
                 kind = "sft" if kind_of_file == "sft" else row.get("kind") if isinstance(row, dict) else None
                 if not isinstance(kind, str) or not kind:
-                    raise FormatError(f"{path}: row {lineno}: pairs rows need a non-empty 'kind'")
+                    raise FormatError(f"{path}:{lineno}: pairs rows need a non-empty 'kind'")
                 docs.setdefault(kind, []).append(encode_conversation(turns, tok, template))
                 rows += 1
             inputs.append({"path": str(path), "role": kind_of_file, "rows": rows})

@@ -56,8 +56,8 @@ def to_turns(row: Any) -> List[Turn]:
     raise ValueError("unrecognised row: expected question/answer, conversations, instruction/output or a list")
 
 
-def read_rows(path: str | Path) -> Iterator[Tuple[dict | list, List[Turn]]]:
-    """(raw row, turns) per non-empty line; errors name ``file:line``."""
+def read_rows(path: str | Path) -> Iterator[Tuple[int, dict | list, List[Turn]]]:
+    """(line number, raw row, turns) per non-empty line; errors name ``file:line``."""
     path = Path(path)
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -65,6 +65,6 @@ def read_rows(path: str | Path) -> Iterator[Tuple[dict | list, List[Turn]]]:
                 continue
             try:
                 row = json.loads(line)
-                yield row, to_turns(row)
+                yield lineno, row, to_turns(row)
             except (ValueError, TypeError) as exc:
                 raise FormatError(f"{path}:{lineno}: {exc}") from exc

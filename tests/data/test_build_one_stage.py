@@ -1,0 +1,88 @@
+"""Build round trip read by megatron-core's own IndexedDataset, rerun identity, and the trainer's Dataset."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+import torch
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+from huatuo_testing import REPO_ROOT
+from megatron_huatuo.data.one_stage import build_one_stage_dataset
+from megatron_huatuo.data.sample import SAMPLE_KEYS
+from preprocessing.dataset.build import BuildConfig, build
+
+PAIRS = REPO_ROOT / "demo" / "rewritten" / "pairs.jsonl"
+SFT = REPO_ROOT / "demo" / "sft" / "dialogues.en.sharegpt.jsonl"
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory, tiny_tokenizer):
+    out = tmp_path_factory.mktemp("ds") / "ds"
+    build(BuildConfig([str(PAIRS)], [str(SFT)], str(tiny_tokenizer), 512, 7, str(out)))
+    return out
+
+
+def test_files_read_back_with_megatron_core(dataset_dir, tiny_tokenizer):
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_tokenizer / "tokenizer.model"))
+    manifest = json.loads((dataset_dir / "manifest.json").read_text(encoding="utf-8"))
+    by_name = {s["name"]: s for s in manifest["sources"]}
+    rows = [json.loads(line) for line in PAIRS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    web = [r for r in rows if r["kind"] == "web"]
+    tok, mask = IndexedDataset(str(dataset_dir / "web")), IndexedDataset(str(dataset_dir / "web_loss_mask"))
+    assert len(tok) == len(mask) == len(web) == by_name["web"]["documents"]
+    assert by_name["web"]["priority"] == 32 and by_name["sft"]["epochs"] == 3
+    first = tok[0].tolist()
+    expected = sp.encode(f"<问>：{web[0]['question']}\n") + sp.encode("<答>：") + sp.encode(web[0]["answer"])
+    assert first == expected + [sp.eos_id()]
+    m = mask[0].tolist()
+    n_prompt = len(expected) - len(sp.encode(web[0]["answer"]))
+    assert m == [0] * n_prompt + [1] * (len(first) - n_prompt)
+    assert int(tok.sequence_lengths.sum()) == by_name["web"]["tokens"]
+
+
+def test_rerun_after_a_killed_run_is_byte_identical(tmp_path, tiny_tokenizer, dataset_dir):
+    out = tmp_path / "ds"
+    (tmp_path / ".ds.tmp-99999").mkdir()  # leftover of a killed run
+    (tmp_path / ".ds.tmp-99999" / "web.bin").write_bytes(b"partial")
+    cmd = [sys.executable, "-m", "preprocessing.dataset", "build", "--pairs", str(PAIRS), "--sft", str(SFT),
+           "--tokenizer", str(tiny_tokenizer), "--seq-length", "512", "--seed", "7", "--out", str(out)]
+    subprocess.run(cmd, check=True, cwd=REPO_ROOT, capture_output=True)
+    names = sorted(p.name for p in dataset_dir.iterdir())
+    assert names == sorted(p.name for p in out.iterdir())
+    for name in names:
+        if name != "manifest.json":
+            assert (out / name).read_bytes() == (dataset_dir / name).read_bytes(), name
+    a, b = (json.loads((d / "manifest.json").read_text()) for d in (out, dataset_dir))
+    assert a["sources"] == b["sources"]
+
+
+def test_packed_rows_follow_the_contract_and_the_priority_order(dataset_dir):
+    ds = build_one_stage_dataset(str(dataset_dir), 512, seed=5)
+    again = build_one_stage_dataset(str(dataset_dir), 512, seed=5)
+    seen = []
+    for i in range(len(ds)):
+        row = ds[i]
+        assert set(row) == set(SAMPLE_KEYS) and all(v.shape == (512,) for v in row.values())
+        assert all(torch.equal(row[k], again[i][k]) for k in SAMPLE_KEYS)
+        seg = row["segment_ids"]
+        for j in range(int(seg.max()) + 1):
+            idx = (seg == j).nonzero().flatten()
+            gid = int(ds.order[ds.plan.rows[i][j]])
+            tokens, mask = ds.document(gid)
+            n = len(idx)
+            assert row["tokens"][idx].tolist() == tokens[:n].tolist()
+            assert row["labels"][idx[:-1]].tolist() == tokens[1:n].tolist()
+            assert row["loss_mask"][idx].tolist() == mask[1:n].tolist() + [0]
+            assert row["position_ids"][idx].tolist() == list(range(n))
+            seen.append(gid)
+        assert float(row["loss_mask"][seg < 0].sum()) == 0
+    assert seen == ds.order.tolist()  # every sample packed, in priority order, each exactly its epochs
+    names = [ds.source_of(g) for g in ds.order.tolist()]
+    k = len(names) // 10
+    assert names[:k].count("sft") < names[-k:].count("sft")
+    assert len(build_one_stage_dataset(str(dataset_dir), 512, seed=5, num_samples=len(ds) + 3)) == len(ds) + 3
