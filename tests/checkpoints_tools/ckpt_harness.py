@@ -59,3 +59,28 @@ def megatron_logits(ckpt_dir: str, arch_name: str, tensor_parallel: int, tokens:
     positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
     with torch.no_grad():
         return model(tokens, positions, None).detach().clone()
+
+
+def save_training_style(root: str, arch_name: str, iteration: int, tokens: torch.Tensor) -> torch.Tensor:
+    """Run in each rank: a random TP=2 model saved as the trainer lays out ``checkpoint.dir`` (``iter_%07d`` +
+    marker, extra non-model entries beside ``"model"``); returns its full-vocab logits."""
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+    from megatron_huatuo.models.provider import build_model, transformer_config
+    from megatron_huatuo.runtime import initialize
+
+    arch = get_arch(arch_name)
+    initialize(tensor_parallel=2, seed=11)
+    model = build_model(arch, transformer_config(arch, tensor_parallel=2), parallel_output=False).eval()
+    target = Path(root) / f"iter_{iteration:07d}"
+    if dist.get_rank() == 0:
+        target.mkdir(parents=True)
+    dist.barrier()
+    dist_checkpointing.save({"model": model.sharded_state_dict(), "iteration": iteration,
+                             "consumed_samples": 8}, str(target))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        (Path(root) / "latest_checkpointed_iteration.txt").write_text(f"{iteration}\n")
+    positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
+    with torch.no_grad():
+        return model(tokens, positions, None).detach().clone()
