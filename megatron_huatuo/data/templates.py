@@ -69,7 +69,9 @@ class Template:
 TEMPLATES = {
     "huatuo": Template("huatuo", "<问>：", "\n", "<答>：", "", "\n"),
     "baichuan2": Template("baichuan2", "<reserved_106>", "", "<reserved_107>", "", ""),
-    "yi": Template("yi", "<|im_start|>user\n", "<|im_end|>\n", "<|im_start|>assistant\n", "<|im_end|>", "\n"),
+    # Yi-Chat ends an answer with <|im_end|> (trained), its own stop token, so no extra EOS.
+    "yi": Template("yi", "<|im_start|>user\n", "<|im_end|>\n", "<|im_start|>assistant\n", "<|im_end|>", "\n",
+                   eos_after_answer=False),
 }
 
 

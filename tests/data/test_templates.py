@@ -54,3 +54,25 @@ def test_pairs_row_without_kind_names_the_line(tmp_path, tiny_tokenizer):
     with pytest.raises(FormatError, match=r"p\.jsonl:2: .*kind"):
         build(BuildConfig([str(f)], [], str(tiny_tokenizer), 64, 1, str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
+
+
+def test_real_baichuan2_and_yi_tokenizers_mask_on_token_boundaries():
+    from huatuo_testing import shared_file
+
+    turns = [("user", "高血压怎么办？"), ("assistant", "限盐、控制体重。"), ("user", "药呢"), ("assistant", "遵医嘱。")]
+    b_path = shared_file("tokenizers/baichuan2/tokenizer.model")
+    sp = spm.SentencePieceProcessor(model_file=str(b_path))
+    ids, mask = encode_conversation(turns, Tokenizer(b_path), get_template("baichuan2"))
+    assert ids[0] == 195 and ids.count(195) == 2 and ids.count(196) == 2  # Baichuan2's user/assistant ids
+    assert all(m == 0 for t, m in zip(ids, mask) if t in (195, 196))
+    trained = [t for t, m in zip(ids, mask) if m]
+    assert sp.decode([t for t in trained if t != sp.eos_id()]) == "限盐、控制体重。遵医嘱。"
+    assert ids[-1] == sp.eos_id() and mask[-1] == 1
+
+    y_path = shared_file("tokenizers/yi/tokenizer.model")
+    sp = spm.SentencePieceProcessor(model_file=str(y_path))
+    ids, mask = encode_conversation(turns, Tokenizer(y_path), get_template("yi"))
+    start, end = sp.piece_to_id("<|im_start|>"), sp.piece_to_id("<|im_end|>")
+    trained = [t for t, m in zip(ids, mask) if m]
+    assert sp.decode([t for t in trained if t != end]) == "限盐、控制体重。遵医嘱。"
+    assert trained.count(end) == 2 and start not in trained and ids[-1] == end
