@@ -122,3 +122,25 @@ def test_bad_inputs_name_the_problem(tmp_path):
     (tmp_path / "run" / convert.MARKER).write_text("abc")
     with pytest.raises(ValueError, match="latest_checkpointed_iteration.txt"):
         convert.resolve_checkpoint(str(tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_export_of_a_real_trainer_checkpoint(tmp_path, repo_root):
+    """The trainer's own checkpoint.dir (TP=2, optimizer state inside) exports to a Llama that transformers loads
+    and that gives the logits of the megatron model loaded from that checkpoint."""
+    from megatron_huatuo.runtime.distributed import free_port
+
+    arch_name = "tiny-baichuan2-7b"
+    train = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+         "-m", "megatron_huatuo.train", "--config", str(repo_root / "megatron_huatuo/recipes/tiny-baichuan2-7b-tp2.yaml"),
+         f"checkpoint.dir={tmp_path / 'ck'}", "checkpoint.interval=2", "train.steps=2"],
+        capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr[-4000:]
+    cli("export", "--ckpt", str(tmp_path / "ck"), "--arch", arch_name, "--out", str(tmp_path / "hf"))
+    tokens = tokens_for(512)
+    (ref,) = run_distributed(H.megatron_logits, world_size=1,
+                             args=(str(tmp_path / "ck" / "iter_0000002"), arch_name, 1, tokens))
+    reloaded = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(tokens).logits, ref, rtol=1e-4, atol=1e-4)
