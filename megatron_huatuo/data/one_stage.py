@@ -64,6 +64,16 @@ class OneStageDataset(Dataset):
         row = self.plan.rows[i % len(self.plan.rows)]
         return pack_row([self.document(int(self.order[j])) for j in row], self.seq_length, self.pad_id, self.isolate)
 
+    def mixture(self, buckets: int = 10) -> List[Dict[str, float]]:
+        """Share of each source in each ``1/buckets`` of the training order (what the priority schedule does)."""
+        src = np.searchsorted(self.offsets, self.order, side="right") - 1
+        names = [s["name"] for s in self.sources]
+        table = []
+        for chunk in np.array_split(src, buckets):
+            counts = np.bincount(chunk, minlength=len(names))
+            table.append({n: round(float(c) / max(len(chunk), 1), 3) for n, c in zip(names, counts)})
+        return table
+
     def stats(self) -> dict:
         return {"samples": int(len(self.order)), "packed_rows": len(self.plan.rows),
                 "truncated": self.plan.truncated, "padding_ratio": round(self.plan.padding_ratio(self.seq_length), 4)}

@@ -47,6 +47,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             ds = build_one_stage_dataset(args.dir, args.seq_length or m["seq_length"],
                                          m["seed"] if args.seed is None else args.seed)
             print(json.dumps({"sources": m["sources"], "rows": len(ds), **ds.stats()}, indent=2, ensure_ascii=False))
+            names = [s["name"] for s in m["sources"]]
+            print("source share per 10 % of training:")
+            print("progress " + " ".join(f"{n:>12}" for n in names))
+            for b, shares in enumerate(ds.mixture(10)):
+                print(f"{b * 10:>3}-{b * 10 + 10:<4} " + " ".join(f"{shares[n]:>12.3f}" for n in names))
     except (FormatError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -86,3 +86,20 @@ def test_packed_rows_follow_the_contract_and_the_priority_order(dataset_dir):
     k = len(names) // 10
     assert names[:k].count("sft") < names[-k:].count("sft")
     assert len(build_one_stage_dataset(str(dataset_dir), 512, seed=5, num_samples=len(ds) + 3)) == len(ds) + 3
+
+
+def test_inspect_prints_the_mixture(dataset_dir, capsys):
+    from preprocessing.dataset.cli import main
+
+    assert main(["inspect", str(dataset_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "source share per 10 % of training" in out and "90-100" in out
+    ds = build_one_stage_dataset(str(dataset_dir), 512, seed=7)
+    table = ds.mixture(10)
+    assert all(abs(sum(row.values()) - 1) < 0.01 for row in table)
+    assert table[0]["web"] > table[-1]["web"] and table[0]["sft"] < table[-1]["sft"]
+
+
+def test_bad_directory_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        build_one_stage_dataset(str(tmp_path), 64, seed=1)
