@@ -44,10 +44,13 @@ def priority_order(sizes: Sequence[int], priorities: Sequence[float], epochs: Se
     if any(p <= 0 for p in priorities) or any(e < 0 for e in epochs) or any(s < 0 for s in sizes):
         raise ValueError("priorities must be > 0, sizes and epochs >= 0")
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    items = [np.tile(np.arange(offsets[k], offsets[k + 1], dtype=np.int64), epochs[k]) for k in range(len(sizes))]
-    weights = [np.full(len(items[k]), float(priorities[k])) for k in range(len(sizes))]
-    items_all = np.concatenate(items) if items else np.zeros(0, np.int64)
-    w_all = np.concatenate(weights) if weights else np.zeros(0)
     rng = np.random.default_rng(seed)
-    keys = rng.standard_exponential(len(items_all)) / w_all
-    return items_all[np.argsort(keys, kind="stable")]
+    items, keys = [], []
+    for k in range(len(sizes)):  # per source: no full-length weight vector is ever materialised
+        n = int(sizes[k]) * int(epochs[k])
+        items.append(np.tile(np.arange(offsets[k], offsets[k + 1], dtype=np.int64), int(epochs[k])))
+        keys.append(rng.standard_exponential(n) / float(priorities[k]))
+    items_all = np.concatenate(items) if items else np.zeros(0, np.int64)
+    keys_all = np.concatenate(keys) if keys else np.zeros(0)
+    del items, keys
+    return items_all[np.argsort(keys_all, kind="stable")]
