@@ -15,6 +15,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=10_000_000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--reference", action="store_true",
+                    help="also time torch.multinomial(weights, N, replacement=False) (the issue's reference; N <= 2**24)")
     args = ap.parse_args()
     kinds = ["web", "literature", "encyclopedia", "books", "sft"]
     per = args.samples // 7  # sft counts 3x (3 epochs): 4 + 3 = 7 shares
@@ -24,6 +26,16 @@ def main() -> None:
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
     print(f"{len(order)} samples ordered in {dt:.2f} s, peak RSS {peak:.2f} GiB")
+    if args.reference:
+        import torch
+
+        weights = torch.cat([torch.full((sizes[i] * DEFAULT_EPOCHS[k],), float(DEFAULT_PRIORITIES[k]))
+                             for i, k in enumerate(kinds)])
+        torch.manual_seed(args.seed)
+        t0 = time.perf_counter()
+        torch.multinomial(weights, len(weights), replacement=False)
+        ref = time.perf_counter() - t0
+        print(f"torch.multinomial reference: {ref:.2f} s; ratio reference/ours = {ref / dt:.2f}")
 
 
 if __name__ == "__main__":
