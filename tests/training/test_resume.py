@@ -24,7 +24,10 @@ LAYOUTS = {
     "tp2": ["parallel.tp=2"],
     # data parallel 2 with megatron-core's distributed optimizer (sharded Adam state, fully reshardable save)
     "dp2-distributed-optimizer": ["parallel.tp=1", "parallel.distributed_optimizer=true"],
+    # interleaved pipeline (PP2 x VPP2, GQA tiny-yi): checkpoint holds "model0"/"model1"; slow, outside the default run
+    "pp2-vpp2": ["model.arch=tiny-yi", "parallel.tp=1", "parallel.pp=2", "parallel.vpp=2"],
 }
+SLOW_LAYOUTS = {"pp2-vpp2"}
 
 
 def _launch(ckpt_dir: Path, log_dir: Path, tag: str, layout=()):
@@ -56,7 +59,8 @@ def _wait(procs, timeout=180):
                 p.kill()
 
 
-@pytest.fixture(scope="module", params=sorted(LAYOUTS))
+@pytest.fixture(scope="module", params=[pytest.param(name, marks=pytest.mark.slow) if name in SLOW_LAYOUTS else name
+                                        for name in sorted(LAYOUTS)])
 def runs(request, tmp_path_factory):
     layout = LAYOUTS[request.param]
     tmp = tmp_path_factory.mktemp("train")
@@ -97,4 +101,4 @@ def test_interrupted_and_resumed_equals_straight(runs):
 def test_loss_decreases_on_repeated_rows(runs):
     losses = [r["loss"] for r in runs["straight"]]
     assert len(losses) == STEPS
-    assert losses[-1] < losses[0] - 1.0, losses
+    assert losses[-1] < losses[0] - 0.2 and losses == sorted(losses, reverse=True), losses
