@@ -79,6 +79,7 @@ class OneStageDataset(Dataset):
                 "truncated": self.plan.truncated, "padding_ratio": round(self.plan.padding_ratio(self.seq_length), 4)}
 
 
-def build_one_stage_dataset(path: str, seq_length: int, seed: int, num_samples: int | None = None) -> Dataset:
-    """The trainer's entry point (see the module docstring)."""
-    return OneStageDataset(path, seq_length, seed, num_samples)
+def build_one_stage_dataset(path: str, seq_length: int, seed: int, num_samples: int | None = None,
+                            isolate: bool = True) -> Dataset:
+    """The trainer's entry point (see the module docstring); ``isolate=False`` is the original's shared attention."""
+    return OneStageDataset(path, seq_length, seed, num_samples, isolate=isolate)
