@@ -76,3 +76,14 @@ def test_real_baichuan2_and_yi_tokenizers_mask_on_token_boundaries():
     trained = [t for t, m in zip(ids, mask) if m]
     assert sp.decode([t for t in trained if t != end]) == "限盐、控制体重。遵医嘱。"
     assert trained.count(end) == 2 and start not in trained and ids[-1] == end
+
+
+def test_hf_tokenizer_directory_gives_the_same_ids(tiny_tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(str(tiny_tokenizer)).save_pretrained(str(tmp_path / "hf"))
+    assert (tmp_path / "hf" / "tokenizer.json").exists()
+    turns = [("user", "高血压怎么办"), ("assistant", "限盐。")]
+    template = get_template("huatuo")
+    assert encode_conversation(turns, Tokenizer(tmp_path / "hf"), template) == \
+        encode_conversation(turns, Tokenizer(tiny_tokenizer), template)
