@@ -211,7 +211,16 @@ class DemoPipeline:
         require("preprocessing.cli", "prepare", "issue 3")
 
     def run_prepare(self):
-        raise MissingComponent("prepare: not wired yet")
+        out = self.p.prep
+        out.mkdir(parents=True, exist_ok=True)
+        sources = [{"name": name, "kind": kind, "lang": lang, "path": str(self.data(rel).resolve()),
+                    "text_field": text_field, "id_field": id_field}
+                   for name, kind, lang, rel, text_field, id_field in DEMO_SOURCES]
+        (out / "sources.json").write_text(json.dumps(sources, ensure_ascii=False, indent=1), encoding="utf-8")
+        self.sh("prepare", python_module("preprocessing", "prepare", "--sources", out / "sources.json", "--out", out))
+        report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        return {"read": sum(report["read"].values()), "kept": report["kept_documents"],
+                "dropped": {k: len(v) for k, v in report["dropped"].items()}}
 
     # rewrite ---------------------------------------------------------------------------------------------------
     def rewrite_inputs(self, endpoint) -> list[Path]:
@@ -225,7 +234,10 @@ class DemoPipeline:
 
     def surviving_doc_ids(self) -> set[str] | None:
         """Document ids kept by the prepare stage, or None when it has not run."""
-        return None
+        docs = self.p.prep / "documents.jsonl"
+        if not docs.exists():
+            return None
+        return {row["id"] for row in _json_lines(docs)}
 
     def run_rewrite(self):
         endpoint = rewrite_endpoint()
