@@ -30,12 +30,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     from checkpoints_tools import convert
 
-    if args.command == "import":
-        out = convert.import_hf(args.hf, args.arch, args.out)
-    else:
-        out = convert.export(args.ckpt, args.arch, args.out, convert.ExportOptions(
-            fmt=args.format, vocab_size=args.vocab_size, iteration=args.iteration,
-            tokenizer=args.tokenizer, dtype=args.dtype))
+    try:
+        if args.command == "import":
+            out = convert.import_hf(args.hf, args.arch, args.out)
+        else:
+            out = convert.export(args.ckpt, args.arch, args.out, convert.ExportOptions(
+                fmt=args.format, vocab_size=args.vocab_size, iteration=args.iteration,
+                tokenizer=args.tokenizer, dtype=args.dtype))
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:  # bad input: one clear line
+        print(f"checkpoints_tools {args.command}: error: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0
 

@@ -12,7 +12,6 @@ from typing import Callable, Dict, Iterator, Tuple
 import torch
 
 from megatron_huatuo.models.registry import ArchSpec
-from megatron_huatuo.models.norm_head import normalize_rows
 
 Getter = Callable[[str], torch.Tensor]
 
@@ -97,6 +96,8 @@ def mcore_to_hf(arch: ArchSpec, get: Getter, fold_norm_head: bool = True, fused_
         for mname, hname in _layer_pairs(i).items():
             yield hname, get(mname)
     yield "model.norm.weight", get("decoder.final_layernorm.weight")
+    from megatron_huatuo.models.norm_head import normalize_rows  # the model's own NormHead normalisation
+
     head = get("output_layer.weight")
     yield "lm_head.weight", normalize_rows(head) if (arch.norm_head and fold_norm_head) else head
 

@@ -144,3 +144,11 @@ def test_export_of_a_real_trainer_checkpoint(tmp_path, repo_root):
     reloaded = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(tokens).logits, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "checkpoints_tools", "export", "--ckpt", str(tmp_path / "none"),
+                           "--arch", "tiny-yi", "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "checkpoint directory not found" in proc.stderr and "Traceback" not in proc.stderr
