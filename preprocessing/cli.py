@@ -1,6 +1,7 @@
 """``python -m preprocessing <subcommand>``: the offline data jobs behind one entry point.
 
     prepare          read, clean, filter, deduplicate and chunk corpora      (preprocessing/prepare.py)
+    rewrite          documents -> question/answer pairs via an OpenAI-compatible server (preprocessing/rewrite.py)
     train-tokenizer  a small SentencePiece tokenizer (demo / tests)           (preprocessing/train_tokenizer.py)
     dataset          one-stage dataset: template, loss masks, .bin/.idx, priority order, packing
                                                                               (preprocessing/dataset/)
@@ -36,6 +37,36 @@ def _prepare(argv: list[str]) -> int:
     return 0
 
 
+def _rewrite(argv: list[str]) -> int:
+    from preprocessing.rewrite import BudgetExhausted, RewriteConfig, RewriteError, api_key_from_env, rewrite_file
+
+    ap = argparse.ArgumentParser(prog="python -m preprocessing rewrite",
+                                 description="documents -> question/answer pairs through an OpenAI-compatible server")
+    ap.add_argument("--docs", required=True, help="documents.jsonl from `prepare`")
+    ap.add_argument("--out", required=True, help="output directory (pairs.jsonl, failures.jsonl)")
+    ap.add_argument("--cache", default=None, help="request cache directory (default: <out>/cache)")
+    ap.add_argument("--base-url", required=True, help="e.g. http://localhost:8000/v1 (key: HUATUO_REWRITE_API_KEY)")
+    ap.add_argument("--model", default="gpt-3.5-turbo")
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--max-requests", type=int, default=None, help="budget of paid requests for this run")
+    ap.add_argument("--retries", type=int, default=6)
+    ap.add_argument("--backoff", type=float, default=1.0)
+    args = ap.parse_args(argv)
+    cfg = RewriteConfig(base_url=args.base_url, model=args.model, api_key=api_key_from_env(),
+                        concurrency=args.concurrency, max_requests=args.max_requests, retries=args.retries,
+                        backoff=args.backoff)
+    try:
+        counts = rewrite_file(args.docs, args.out, cfg, args.cache or f"{args.out}/cache")
+    except BudgetExhausted as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        return 3
+    except RewriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(counts))
+    return 0
+
+
 def _train_tokenizer(argv: list[str]) -> int:
     from preprocessing.train_tokenizer import main
 
@@ -50,6 +81,7 @@ def _dataset(argv: list[str]) -> int:
 
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "prepare": _prepare,
+    "rewrite": _rewrite,
     "train-tokenizer": _train_tokenizer,
     "dataset": _dataset,
 }

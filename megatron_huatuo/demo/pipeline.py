@@ -244,7 +244,12 @@ class DemoPipeline:
         out = self.p.rewrite
         out.mkdir(parents=True, exist_ok=True)
         if endpoint:
-            raise MissingComponent("rewrite through an endpoint: not wired yet")
+            self.sh("rewrite", python_module("preprocessing", "rewrite", "--docs", self.p.prep / "documents.jsonl",
+                                             "--out", out, "--base-url", endpoint["base_url"],
+                                             "--model", endpoint["model"]))
+            counts = {"pairs": len(_json_lines(out / "pairs.jsonl")),
+                      "failures": len(_json_lines(out / "failures.jsonl")), "source": endpoint["base_url"]}
+            return counts
         print(f"    no rewrite endpoint configured ({REWRITE_URL_ENV} is not set): using the bundled demo pairs "
               f"{self.data('rewritten/pairs.jsonl')}", flush=True)
         pairs = _json_lines(self.data("rewritten/pairs.jsonl"))
