@@ -27,6 +27,7 @@ LOCAL_SLURM = REPO_ROOT / "scripts" / "local_slurm.sh"
 def slurm_env():
     if os.geteuid() != 0:
         pytest.skip("the local Slurm cluster needs root (scripts/local_slurm.sh start)")
+    was_up = subprocess.run(["bash", str(LOCAL_SLURM), "status"], capture_output=True).returncode == 0
     proc = subprocess.run(["bash", str(LOCAL_SLURM), "start"], capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         pytest.skip(f"could not start a local Slurm cluster: {proc.stderr.strip()[-400:]}")
@@ -35,7 +36,9 @@ def slurm_env():
     env = dict(os.environ, SLURM_CONF=match.group(1), HUATUO_HOME=str(REPO_ROOT),
                HUATUO_TRAIN_MODULE="slurm.contract_trainer",
                PYTHONPATH=f"{REPO_ROOT / 'tests'}:{REPO_ROOT}")
-    return env
+    yield env
+    if not was_up:  # leave no daemons behind that this session started
+        subprocess.run(["bash", str(LOCAL_SLURM), "stop"], capture_output=True, timeout=120)
 
 
 def sbatch(env, tmp: Path, name: str, overrides: list[str]) -> str:

@@ -1,0 +1,39 @@
+"""The submit launcher: layout from TP x PP x DP, refusal of impossible layouts, quoting (no Slurm needed)."""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+
+from huatuo_testing import REPO_ROOT
+
+RECIPES = REPO_ROOT / "megatron_huatuo" / "recipes"
+
+
+def submit(*args):
+    return subprocess.run([sys.executable, "-m", "megatron_huatuo.slurm", "submit", *map(str, args), "--dry-run"],
+                          capture_output=True, text=True, cwd=REPO_ROOT)
+
+
+def test_yi_34b_on_four_nodes_with_a_hostile_override_kept_as_one_argument():
+    override = "checkpoint.dir=/lustre/my ckpts/yi;rm -rf $HOME"
+    proc = submit(RECIPES / "yi-34b.yaml", "--data-parallel", 2, override)
+    assert proc.returncode == 0, proc.stderr
+    comment, command = proc.stdout.strip().splitlines()
+    assert comment == "# 4 node(s) x 8 tasks = world 32 (TP 8 x PP 2 x DP 2)"
+    argv = shlex.split(command)
+    assert argv[:5] == ["sbatch", "--nodes=4", "--ntasks-per-node=8", "--job-name=huatuo-train", "--gpus-per-node=8"]
+    assert argv[-3:] == [str(REPO_ROOT / "slurm" / "train.sbatch"), str(RECIPES / "yi-34b.yaml"), override]
+
+
+def test_small_world_fits_one_node():
+    proc = submit(RECIPES / "tiny-baichuan2-7b-tp2.yaml", "--gpus-per-node", 8, "--cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert shlex.split(proc.stdout.splitlines()[1])[1:3] == ["--nodes=1", "--ntasks-per-node=2"]
+
+
+def test_impossible_layouts_are_refused_naming_the_reason():
+    proc = submit(RECIPES / "baichuan2-7b.yaml", "--data-parallel", 3)
+    assert proc.returncode == 2 and "refused:" in proc.stderr and "global_batch" in proc.stderr
+    proc = submit(RECIPES / "yi-34b.yaml", "--data-parallel", 1, "--gpus-per-node", 6)
+    assert proc.returncode == 2 and "does not fill whole nodes of 6 GPUs" in proc.stderr
