@@ -3,17 +3,13 @@ checked against one plain TP1 forward of the same weights (loaded through checkp
 of a Megatron .bin/.idx dataset whose rows have different numbers of trained tokens."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from megatron_huatuo.runtime import free_port, run_distributed
+from megatron_huatuo.runtime import run_distributed
 
 import training_harness as H
 
@@ -35,23 +31,10 @@ def test_first_step_loss_is_token_weighted_over_global_batch(tmp_path):
     ckpt.mkdir()
     (expected,) = run_distributed(H.reference_loss, world_size=1, args=(str(ckpt), prefix, SEQ, ROWS))
 
-    port = free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "megatron_huatuo.train", "--config",
-             str(ROOT / "megatron_huatuo" / "recipes" / "tiny-baichuan2-7b-tp2.yaml"), "parallel.tp=1",
-             "train.steps=1", f"train.global_batch={ROWS}", "train.micro_batch=1", f"train.seq_length={SEQ}",
-             "data.type=indexed", f"data.prefixes=[{prefix}]", f"checkpoint.pretrained={ckpt}"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    try:
-        outputs = [p.communicate(timeout=180)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:]
-    records = [json.loads(l[6:]) for l in outputs[1].splitlines() if l.startswith("train {")]
+    codes, outputs = H.run_trainer(
+        ["parallel.tp=1", "train.steps=1", f"train.global_batch={ROWS}", "train.micro_batch=1",
+         f"train.seq_length={SEQ}", "data.type=indexed", f"data.prefixes=[{prefix}]", f"checkpoint.pretrained={ckpt}"],
+        timeout=180)
+    assert codes == [0, 0], outputs[0][-3000:]
+    records = H.step_records(outputs[1])
     assert records[0]["loss"] == pytest.approx(expected, rel=1e-5)

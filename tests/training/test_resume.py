@@ -2,20 +2,14 @@
 step for step; the loss falls on repeated synthetic rows; the checkpoint marker names a complete save."""
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from megatron_huatuo.runtime import free_port
+import training_harness as H
 
-ROOT = Path(__file__).resolve().parents[2]
-RECIPE = ROOT / "megatron_huatuo" / "recipes" / "tiny-baichuan2-7b-tp2.yaml"
 STEPS = 6
 COMMON = [f"train.steps={STEPS}", "train.global_batch=8", "train.micro_batch=2", "train.seq_length=64"]
 
@@ -31,22 +25,12 @@ SLOW_LAYOUTS = {"pp2-vpp2"}
 
 
 def _launch(ckpt_dir: Path, log_dir: Path, tag: str, layout=()):
-    """Both ranks as separate processes with torchrun-style env (as srun would start them: each gets signals)."""
-    port = free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-        out = open(log_dir / f"{tag}-rank{rank}.log", "w")
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "megatron_huatuo.train", "--config", str(RECIPE), *COMMON, *layout,
-             f"checkpoint.dir={ckpt_dir}"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
-    return procs
+    return H.launch_trainer([*COMMON, *layout, f"checkpoint.dir={ckpt_dir}"],
+                            logs=[log_dir / f"{tag}-rank{rank}.log" for rank in range(2)])
 
 
 def _losses(log_dir: Path, tag: str):
-    lines = (log_dir / f"{tag}-rank1.log").read_text().splitlines()  # rank 1 = last rank logs
-    return [json.loads(l[len("train "):]) for l in lines if l.startswith("train {")]
+    return H.step_records((log_dir / f"{tag}-rank1.log").read_text())  # rank 1 = last rank logs
 
 
 def _wait(procs, timeout=180):

@@ -22,3 +22,50 @@ def reference_loss(ckpt_dir: str, prefix: str, seq: int, rows: int, seed: int = 
         per_token = model(batch["tokens"], batch["position_ids"], attention_mask_from_segments(batch["segment_ids"]),
                           labels=batch["labels"]).float()
     return ((per_token * batch["loss_mask"]).sum() / batch["loss_mask"].sum()).item()
+
+
+# -- the real CLI on two gloo processes -----------------------------------------------------------------------
+import json as _json
+import os as _os
+import subprocess as _subprocess
+import sys as _sys
+from pathlib import Path as _Path
+
+ROOT = _Path(__file__).resolve().parents[2]
+TINY_RECIPE = ROOT / "megatron_huatuo" / "recipes" / "tiny-baichuan2-7b-tp2.yaml"
+
+
+def launch_trainer(overrides, world: int = 2, logs=None):
+    """Each rank as its own process with torchrun-style env (as srun starts them: each gets signals).
+
+    ``logs``: one path per rank to write its output to; without it the output is piped (``communicate``).
+    """
+    from megatron_huatuo.runtime import free_port
+
+    port = free_port()
+    procs = []
+    for rank in range(world):
+        env = dict(_os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        out = open(logs[rank], "w") if logs else _subprocess.PIPE
+        procs.append(_subprocess.Popen(
+            [_sys.executable, "-m", "megatron_huatuo.train", "--config", str(TINY_RECIPE), *overrides],
+            cwd=ROOT, env=env, stdout=out, stderr=_subprocess.STDOUT, text=True))
+    return procs
+
+
+def run_trainer(overrides, timeout: float, world: int = 2):
+    """Run to the end; returns (return codes, each rank's output). Kills what is left on a timeout."""
+    procs = launch_trainer(overrides, world)
+    try:
+        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return [p.returncode for p in procs], outputs
+
+
+def step_records(text: str) -> list:
+    """The trainer's per-step ``train {json}`` lines (logged by the last rank)."""
+    return [_json.loads(line[len("train "):]) for line in text.splitlines() if line.startswith("train {")]
