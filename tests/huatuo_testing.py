@@ -25,3 +25,16 @@ def shared_file(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared test data file missing: {path}")
     return path
+
+
+def llama_config(arch):
+    """A transformers ``LlamaConfig`` with the sizes of a registry ``ArchSpec`` (the independent HF reference)."""
+    import transformers
+
+    return transformers.LlamaConfig(
+        vocab_size=arch.vocab_size, hidden_size=arch.hidden_size, intermediate_size=arch.ffn_hidden_size,
+        num_hidden_layers=arch.num_layers, num_attention_heads=arch.num_attention_heads,
+        num_key_value_heads=arch.num_query_groups, rms_norm_eps=arch.norm_eps,
+        max_position_embeddings=arch.max_position_embeddings, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": arch.rotary_base},
+    )

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from megatron_huatuo.models.registry import get_arch
+from huatuo_testing import llama_config
 
 
 def tiny_hf_llama(arch_name: str, seed: int = 0, normalise_head: bool = False):
@@ -14,13 +15,7 @@ def tiny_hf_llama(arch_name: str, seed: int = 0, normalise_head: bool = False):
     import transformers
 
     arch = get_arch(arch_name)
-    config = transformers.LlamaConfig(
-        vocab_size=arch.vocab_size, hidden_size=arch.hidden_size, intermediate_size=arch.ffn_hidden_size,
-        num_hidden_layers=arch.num_layers, num_attention_heads=arch.num_attention_heads,
-        num_key_value_heads=arch.num_query_groups, rms_norm_eps=arch.norm_eps,
-        max_position_embeddings=arch.max_position_embeddings, tie_word_embeddings=False,
-        rope_parameters={"rope_type": "default", "rope_theta": arch.rotary_base},
-    )
+    config = llama_config(arch)
     torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(config).eval()
     with torch.no_grad():

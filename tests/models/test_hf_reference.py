@@ -14,7 +14,7 @@ import torch
 
 import models_harness as H
 from megatron_huatuo.models.registry import get_arch
-from huatuo_testing import shared_file
+from huatuo_testing import llama_config, shared_file
 
 transformers = pytest.importorskip("transformers")
 
@@ -51,13 +51,7 @@ def hf_llama_state_dict(arch, sd):
 def test_logits_match_hf_llama(runs, family):
     arch = get_arch(family)
     result = runs[0][family]
-    config = transformers.LlamaConfig(
-        vocab_size=arch.vocab_size, hidden_size=arch.hidden_size, intermediate_size=arch.ffn_hidden_size,
-        num_hidden_layers=arch.num_layers, num_attention_heads=arch.num_attention_heads,
-        num_key_value_heads=arch.num_query_groups, rms_norm_eps=arch.norm_eps,
-        max_position_embeddings=arch.max_position_embeddings, tie_word_embeddings=False,
-        rope_parameters={"rope_type": "default", "rope_theta": arch.rotary_base},
-    )
+    config = llama_config(arch)
     model = transformers.LlamaForCausalLM(config).eval()
     missing, unexpected = model.load_state_dict(hf_llama_state_dict(arch, result["weights"]), strict=False)
     assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
