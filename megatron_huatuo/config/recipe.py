@@ -23,6 +23,7 @@ class RecipeError(ValueError):
 class ModelConfig:
     arch: str = "tiny-baichuan2-7b"
     vocab_size: Optional[int] = None  # overrides the arch's vocabulary (e.g. the demo's 2048-token tokenizer)
+    dropout: float = 0.0  # attention and hidden dropout (the originals train without; resume restores RNG states)
 
 
 @dataclass
@@ -68,6 +69,9 @@ class DataConfig:
     path: Optional[str] = None  # one_stage: dataset directory
     prefixes: List[str] = field(default_factory=list)  # indexed: .bin/.idx prefixes
     repeat: int = 0  # synthetic: >0 cycles this many distinct rows (a learnable signal for tests)
+    # one_stage: True isolates packed samples (segment mask, positions restart); False is HuatuoGPT-II's shared
+    # attention across a packed row, which trains with plain causal attention (the fused/flash fast path).
+    isolate: bool = True
 
 
 @dataclass
@@ -248,6 +252,10 @@ def validate(recipe: Recipe, world_size: Optional[int] = None, source: str = "<r
         fail("data.path", "data.type one_stage needs a dataset directory")
     if d.type == "indexed" and not d.prefixes:
         fail("data.prefixes", "data.type indexed needs at least one .bin/.idx prefix")
+    if not d.isolate and d.type != "one_stage":
+        fail("data.isolate", f"shared attention across packed samples is a one_stage option, not {d.type}")
+    if not 0.0 <= recipe.model.dropout < 1.0:
+        fail("model.dropout", f"must be in [0, 1), got {recipe.model.dropout}")
     if recipe.checkpoint.interval < 0:
         fail("checkpoint.interval", "must be >= 0")
     if recipe.logging.interval < 1:

@@ -22,7 +22,7 @@ def build_dataset(data, seq_length: int, vocab_size: int, seed: int, num_samples
         except ImportError as exc:
             raise ImportError(f"data.type one_stage needs megatron_huatuo.data.one_stage ({exc})") from exc
 
-        return build_one_stage_dataset(data.path, seq_length, seed, num_samples=num_samples)
+        return build_one_stage_dataset(data.path, seq_length, seed, num_samples=num_samples, isolate=data.isolate)
     raise ValueError(f"data.type: unknown type {data.type!r}")
 
 

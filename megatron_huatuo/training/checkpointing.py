@@ -1,7 +1,8 @@
 """Training checkpoints with megatron-core dist_checkpointing.
 
 Layout: ``<dir>/iter_%07d/`` is a dist_checkpointing directory of ``{"model"|"model0","model1",...: sharded
-model state, "optimizer": ..., "scheduler": ..., "iteration": ..., "consumed_samples": ...}``;
+model state, "optimizer": ..., "scheduler": ..., "iteration": ..., "consumed_samples": ..., "rng_state": one
+object per rank, "rng_layout": [tp, pp, dp]}``;
 ``<dir>/latest_checkpointed_iteration.txt`` names the newest *complete* one. The marker is written (tmp file +
 ``os.replace``) only after every rank has finished the save, so a job killed mid-save resumes from the previous
 complete checkpoint and never reads a half-written directory (which is deleted before it is saved again).
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -50,6 +53,44 @@ def model_state(chunks: List[torch.nn.Module]) -> dict:
     return {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
 
 
+def _layout() -> List[int]:
+    from megatron.core import parallel_state as ps
+
+    return [ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size(),
+            ps.get_data_parallel_world_size()]
+
+
+def capture_rng() -> dict:
+    """This rank's generators: Python, NumPy, torch CPU, CUDA (when present) and megatron-core's tracker.
+
+    The tracker holds the tensor-parallel dropout streams (on CPU, our runtime keeps them as CPU generator states).
+    """
+    from megatron.core import tensor_parallel
+
+    return {"random": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "tracker": tensor_parallel.get_cuda_rng_tracker().get_states()}
+
+
+def restore_rng(state: dict) -> None:
+    from megatron.core import tensor_parallel
+
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _rng_sharded(state: Optional[dict]):
+    """One ``ShardedObject`` per rank (Megatron-LM keeps RNG per rank too: every rank draws its own dropout)."""
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
+    return ShardedObject("rng_state", state, (world,), (rank,), replica_id=0)
+
+
 def _barrier():
     if dist.is_initialized():
         dist.barrier()
@@ -73,6 +114,8 @@ def save(root: str, iteration: int, chunks, optimizer, scheduler, consumed_sampl
     state["scheduler"] = scheduler.state_dict()
     state["iteration"] = iteration
     state["consumed_samples"] = consumed_samples
+    state["rng_layout"] = _layout()
+    state["rng_state"] = _rng_sharded(capture_rng())
     dist_checkpointing.save(state, str(target))
     _barrier()
     if _rank() == 0:
@@ -145,7 +188,13 @@ def _torch_adam_step_kept_aside(optimizer):
 
 
 def load(root: str, iteration: int, chunks, optimizer, scheduler) -> dict:
-    """Restores model, optimizer and scheduler in place; returns ``{"iteration", "consumed_samples"}``."""
+    """Restores model, optimizer and scheduler in place; returns ``{"iteration", "consumed_samples", "rng"}``.
+
+    ``rng`` is this rank's saved generator state for :func:`restore_rng`, which the caller applies right before
+    the next step (building the data loader draws from torch's generator). RNG states are per rank, so they come
+    back only when the checkpoint was saved with the same TP/PP/DP layout (as in Megatron-LM); after a layout
+    change ``rng`` is None and the run continues with freshly seeded generators, which only matters with dropout.
+    """
     from megatron.core import dist_checkpointing
 
     _materialize_adam_state(optimizer)
@@ -153,6 +202,10 @@ def load(root: str, iteration: int, chunks, optimizer, scheduler) -> dict:
     path = str(iteration_dir(root, iteration))
     template = model_state(chunks)
     template["optimizer"] = optimizer.sharded_state_dict(template, is_loading=True, metadata=OPTIMIZER_METADATA)
+    common = dist_checkpointing.load_common_state_dict(path)
+    with_rng = common.get("rng_layout") == _layout()
+    if with_rng:
+        template["rng_state"] = _rng_sharded(None)
     loaded = dist_checkpointing.load(template, path)
     if len(chunks) == 1:
         chunks[0].load_state_dict(loaded["model"])
@@ -162,7 +215,8 @@ def load(root: str, iteration: int, chunks, optimizer, scheduler) -> dict:
     with _torch_adam_step_kept_aside(optimizer):
         optimizer.load_state_dict(loaded["optimizer"])
     scheduler.load_state_dict(loaded["scheduler"])
-    return {"iteration": int(loaded["iteration"]), "consumed_samples": int(loaded["consumed_samples"])}
+    return {"iteration": int(loaded["iteration"]), "consumed_samples": int(loaded["consumed_samples"]),
+            "rng": loaded["rng_state"] if with_rng else None}
 
 
 def load_pretrained(path: str, chunks) -> None:

@@ -47,8 +47,9 @@ def _build(recipe: Recipe):
     config = transformer_config(arch, tensor_parallel=p.tp, pipeline_parallel=p.pp, virtual_pipeline=p.vpp,
                                 sequence_parallel=p.sp, precision=precision,
                                 fp8="hybrid" if t.precision == "fp8" else None, recompute=t.recompute,
+                                attention_dropout=recipe.model.dropout, hidden_dropout=recipe.model.dropout,
                                 calculate_per_token_loss=True)
-    chunks = build_model_chunks(arch, config, masked_segments=True)
+    chunks = build_model_chunks(arch, config, masked_segments=uses_segment_mask(recipe))
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                use_distributed_optimizer=p.distributed_optimizer)
     models = [DistributedDataParallel(config, ddp_config, chunk) for chunk in chunks]
@@ -64,6 +65,16 @@ def _build(recipe: Recipe):
                                         lr_decay_style=recipe.schedule.style, start_wd=o.weight_decay,
                                         end_wd=o.weight_decay, wd_incr_steps=t.steps, wd_incr_style="constant")
     return arch, config, chunks, models, optimizer, scheduler
+
+
+def uses_segment_mask(recipe: Recipe) -> bool:
+    """Whether rows hold several attention-isolated documents (explicit mask) or one causal sequence.
+
+    Synthetic rows are one sequence, and a one-stage dataset with ``data.isolate: false`` (the original's shared
+    attention) is causal over the whole row. Those models are built causal and get no mask, so megatron-core's
+    fused causal softmax (or TE's flash attention on GPU) runs instead of a dense [S, S] mask per row.
+    """
+    return recipe.data.type != "synthetic" and recipe.data.isolate
 
 
 def _batches(loader_iter, count: int):
@@ -86,17 +97,19 @@ def train(recipe: Recipe, log=print) -> TrainResult:
                      sequence_parallel=p.sp, seed=t.seed)
     dp = validate(recipe, world_size=dist.get_world_size())
     arch, config, chunks, models, optimizer, scheduler = _build(recipe)
+    masked = uses_segment_mask(recipe)
     num_micro = t.global_batch // (t.micro_batch * dp)
     dev = device()
 
-    iteration, consumed = 0, 0
+    iteration, consumed, rng = 0, 0, None
     ckpt_dir = recipe.checkpoint.dir
     latest = checkpointing.latest_iteration(ckpt_dir)
     if latest is not None:
         state = checkpointing.load(ckpt_dir, latest, chunks, optimizer, scheduler)
-        iteration, consumed = state["iteration"], state["consumed_samples"]
+        iteration, consumed, rng = state["iteration"], state["consumed_samples"], state["rng"]
         if dist.get_rank() == 0:
-            log(f"resumed from {checkpointing.iteration_dir(ckpt_dir, latest)} (consumed samples {consumed})")
+            log(f"resumed from {checkpointing.iteration_dir(ckpt_dir, latest)} (consumed samples {consumed}; "
+                + ("RNG states restored)" if rng is not None else "layout changed: RNG states freshly seeded)"))
     elif recipe.checkpoint.pretrained:
         checkpointing.load_pretrained(recipe.checkpoint.pretrained, chunks)
         optimizer.reload_model_params()  # refresh fp32 main params from the loaded weights
@@ -117,7 +130,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
 
     def forward_step(data_iterator, model):
         batch = {k: v.to(dev) for k, v in next(data_iterator).items()}
-        mask = attention_mask_from_segments(batch["segment_ids"])
+        mask = attention_mask_from_segments(batch["segment_ids"]) if masked else None
         output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"])
 
         def loss_func(per_token):
@@ -132,6 +145,8 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     losses: List[float] = []
     exit_code = 0
     flops_per_token = arch.flops_per_token(t.seq_length)
+    if rng is not None:
+        checkpointing.restore_rng(rng)  # last, after everything above that draws (the DataLoader's base seed)
     try:
         while iteration < t.steps:
             start = time.perf_counter()

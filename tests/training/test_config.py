@@ -40,6 +40,8 @@ def test_override_types_and_unknown(tmp_path):
     (["train.precision=fp16"], "train.precision"),
     (["data.type=one_stage"], "data.path"),
     (["model.arch=no-such-model"], "model.arch"),
+    (["data.isolate=false"], "data.isolate"),  # synthetic rows have nothing to isolate
+    (["model.dropout=1.5"], "model.dropout"),
 ])
 def test_impossible_layouts_name_the_field(overrides, field):
     with pytest.raises(RecipeError, match=field.replace(".", r"\.")):
@@ -56,3 +58,14 @@ def test_global_batch_checked_against_data_parallel():
                                          ("baichuan2-13b", 8), ("yi-34b", 16)])
 def test_bundled_recipes_validate(name, world):
     load_recipe(RECIPES / f"{name}.yaml", world_size=world)
+
+
+def test_attention_path_follows_the_data():
+    """Isolated packed samples need the segment mask; shared attention and synthetic rows take the causal path."""
+    from megatron_huatuo.training.loop import uses_segment_mask
+
+    assert not uses_segment_mask(load_recipe(None, []))
+    one_stage = ["data.type=one_stage", "data.path=/data/ds"]
+    assert uses_segment_mask(load_recipe(None, one_stage))
+    assert not uses_segment_mask(load_recipe(None, one_stage + ["data.isolate=false"]))
+    assert uses_segment_mask(load_recipe(None, ["data.type=indexed", "data.prefixes=/data/a"]))

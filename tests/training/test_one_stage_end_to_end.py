@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_one_stage_directory_trains(tmp_path):
+@pytest.mark.parametrize("isolate", [True, False], ids=["isolated-segments", "shared-attention-causal"])
+def test_one_stage_directory_trains(tmp_path, isolate):
     from preprocessing.train_tokenizer import TokenizerConfig, train_tokenizer
 
     tok = tmp_path / "tok"
@@ -24,7 +25,7 @@ def test_one_stage_directory_trains(tmp_path):
                     "--seed", "7", "--out", str(tmp_path / "ds")], cwd=ROOT, check=True, capture_output=True)
     codes, outputs = H.run_trainer(
         ["data.type=one_stage", f"data.path={tmp_path / 'ds'}", "model.vocab_size=1200", "train.seq_length=128",
-         "train.steps=4"], timeout=240)
+         "train.steps=4", f"data.isolate={str(isolate).lower()}"], timeout=240)
     assert codes == [0, 0], outputs[0][-3000:]
     losses = [r["loss"] for r in H.step_records(outputs[1])]
     assert len(losses) == 4 and all(0 < x < 12 for x in losses) and losses[-1] < losses[0]

@@ -1,7 +1,9 @@
 """Two gloo processes running the real CLI: 6 steps straight == interrupted by SIGTERM (exit 75) + resumed,
-step for step; the loss falls on repeated synthetic rows; the checkpoint marker names a complete save."""
+step for step (model, optimizer, scheduler, data position and, with dropout, RNG states); the loss falls on
+repeated synthetic rows; the checkpoint marker names a complete save."""
 from __future__ import annotations
 
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -15,13 +17,16 @@ COMMON = [f"train.steps={STEPS}", "train.global_batch=8", "train.micro_batch=2",
 
 
 LAYOUTS = {
-    "tp2": ["parallel.tp=2"],
+    # dropout on: the resumed half only matches if every rank's generators (incl. the TP tracker) are restored
+    "tp2-dropout": ["parallel.tp=2", "model.dropout=0.1"],
     # data parallel 2 with megatron-core's distributed optimizer (sharded Adam state, fully reshardable save)
     "dp2-distributed-optimizer": ["parallel.tp=1", "parallel.distributed_optimizer=true"],
     # interleaved pipeline (PP2 x VPP2, GQA tiny-yi): checkpoint holds "model0"/"model1"; slow, outside the default run
     "pp2-vpp2": ["model.arch=tiny-yi", "parallel.tp=1", "parallel.pp=2", "parallel.vpp=2"],
 }
 SLOW_LAYOUTS = {"pp2-vpp2"}
+# resumed at another layout: TP2 -> TP1 x DP2 (model and optimizer resharded; per-rank RNG states start fresh)
+RELAYOUT = {"tp2-dropout": ["parallel.tp=1", "model.dropout=0.1"]}
 
 
 def _launch(ckpt_dir: Path, log_dir: Path, tag: str, layout=()):
@@ -60,9 +65,14 @@ def runs(request, tmp_path_factory):
             p.send_signal(signal.SIGTERM)
     codes_first = _wait(interrupted)
     marker = (tmp / "ck-resume" / "latest_checkpointed_iteration.txt").read_text().strip()
+    relayout = None
+    if request.param in RELAYOUT:  # the same interrupted checkpoint, resumed with another parallel layout
+        shutil.copytree(tmp / "ck-resume", tmp / "ck-relayout")
+        relayout = _wait(_launch(tmp / "ck-relayout", tmp, "relayout", RELAYOUT[request.param]))
 
     codes_second = _wait(_launch(tmp / "ck-resume", tmp, "second", layout))
-    return dict(tmp=tmp, codes=(codes_straight, codes_first, codes_second), marker=marker,
+    return dict(tmp=tmp, codes=(codes_straight, codes_first, codes_second), marker=marker, relayout=relayout,
+                layout=request.param,
                 straight=_losses(tmp, "straight"), first=_losses(tmp, "first"), second=_losses(tmp, "second"))
 
 
@@ -86,3 +96,18 @@ def test_loss_decreases_on_repeated_rows(runs):
     losses = [r["loss"] for r in runs["straight"]]
     assert len(losses) == STEPS
     assert losses[-1] < losses[0] - 0.2 and losses == sorted(losses, reverse=True), losses
+
+
+def test_resume_at_another_layout(runs):
+    if runs["relayout"] is None:
+        pytest.skip(f"layout {runs['layout']} has no re-layout variant")
+    log = (runs["tmp"] / "relayout-rank0.log").read_text()
+    assert runs["relayout"] == [0, 0], log[-3000:]
+    assert "layout changed: RNG states freshly seeded" in log
+    resumed = _losses(runs["tmp"], "relayout")
+    k = len(runs["first"])
+    assert [r["step"] for r in resumed] == list(range(k + 1, STEPS + 1))
+    straight = {r["step"]: r for r in runs["straight"]}
+    for r in resumed:  # same weights, optimizer and data; only the dropout draws differ
+        assert r["lr"] == straight[r["step"]]["lr"]
+        assert abs(r["loss"] - straight[r["step"]]["loss"]) < 0.1, (r, straight[r["step"]])
