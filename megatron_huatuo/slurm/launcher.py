@@ -1,5 +1,7 @@
 """``python -m megatron_huatuo.slurm submit RECIPE.yaml [--data-parallel N] [--gpus-per-node 8] [--dry-run]``.
 
+(``python -m megatron_huatuo.slurm shards ...`` submits a sharded job array and its merge: ``shards.py``.)
+
 Nodes and tasks come from the recipe's TP x PP and the data-parallel size asked for: world = TP x PP x DP, one
 task per GPU; a world larger than a node must fill whole nodes. The recipe is validated for that world size
 (heads, layers, batch divisibility, data paths) before anything is submitted, so an impossible layout is refused
@@ -53,9 +55,16 @@ def sbatch_command(recipe_path: str, overrides: list[str], layout: Layout, args)
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["shards"]:
+        from megatron_huatuo.slurm.shards import main as shards_main
+
+        return shards_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m megatron_huatuo.slurm", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("shards", help="a job array over --shard i/n and its dependent merge (see shards.py)",
+                   add_help=False)
     s = sub.add_parser("submit", help="submit slurm/train.sbatch for a recipe")
     s.add_argument("recipe")
     s.add_argument("overrides", nargs="*", help="section.key=value, passed to the trainer")

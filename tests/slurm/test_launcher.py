@@ -37,3 +37,30 @@ def test_impossible_layouts_are_refused_naming_the_reason():
     assert proc.returncode == 2 and "refused:" in proc.stderr and "global_batch" in proc.stderr
     proc = submit(RECIPES / "yi-34b.yaml", "--data-parallel", 1, "--gpus-per-node", 6)
     assert proc.returncode == 2 and "does not fill whole nodes of 6 GPUs" in proc.stderr
+
+
+def shards(*args):
+    return subprocess.run([sys.executable, "-m", "megatron_huatuo.slurm", "shards", *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO_ROOT)
+
+
+def test_shards_array_then_dependent_merge_with_quoting_kept():
+    out_dir = "/lustre/prep dir;x"
+    proc = shards("--shards", 4, "--merge", f"preprocessing merge --out '{out_dir}' --shards 4", "--dry-run",
+                  "--sbatch-arg=--mem=32G", "--", "preprocessing", "prepare", "--sources", "s.yaml", "--out", out_dir)
+    assert proc.returncode == 0, proc.stderr
+    _, array, merge = proc.stdout.strip().splitlines()
+    array, merge = shlex.split(array), shlex.split(merge)
+    step = str(REPO_ROOT / "slurm" / "step.sbatch")
+    assert array[:3] == ["sbatch", "--parsable", "--array=0-3"] and "--mem=32G" in array
+    assert array[array.index(step) + 1:] == ["preprocessing", "prepare", "--sources", "s.yaml", "--out", out_dir,
+                                             "--shard", "${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}"]
+    assert "--dependency=afterok:<ARRAY_JOB_ID>" in merge
+    assert merge[merge.index(step) + 1:] == ["preprocessing", "merge", "--out", out_dir, "--shards", "4"]
+
+
+def test_shards_refuses_inconsistent_requests():
+    proc = shards("--shards", 3, "--merge", "preprocessing merge --shards 2", "--dry-run", "--", "preprocessing", "x")
+    assert proc.returncode == 2 and "--shards 2 but the array has 3" in proc.stderr
+    proc = shards("--shards", 2, "--dry-run", "--", "preprocessing", "prepare", "--shard", "0/2")
+    assert proc.returncode == 2 and "must not carry --shard" in proc.stderr
