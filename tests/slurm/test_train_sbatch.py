@@ -28,7 +28,9 @@ def slurm_env():
     if os.geteuid() != 0:
         pytest.skip("the local Slurm cluster needs root (scripts/local_slurm.sh start)")
     was_up = subprocess.run(["bash", str(LOCAL_SLURM), "status"], capture_output=True).returncode == 0
-    proc = subprocess.run(["bash", str(LOCAL_SLURM), "start"], capture_output=True, text=True, timeout=300)
+    # Two fake nodes (one slurmd per node name, both on 127.0.0.1) so that train.sbatch runs a real multi-node job.
+    proc = subprocess.run(["bash", str(LOCAL_SLURM), "start"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, SLURM_NODES="2"))
     if proc.returncode != 0:
         pytest.skip(f"could not start a local Slurm cluster: {proc.stderr.strip()[-400:]}")
     match = re.search(r"export SLURM_CONF=(\S+)", proc.stdout)
@@ -51,6 +53,11 @@ def sbatch(env, tmp: Path, name: str, overrides: list[str]) -> str:
         env=env, capture_output=True, text=True, check=True, cwd=tmp,
     )
     return out.stdout.strip().split(";")[0]
+
+
+def node_count(env) -> int:
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], env=env, capture_output=True, text=True)
+    return len(set(out.stdout.split()))
 
 
 def job_state(env, job: str) -> str:
@@ -136,25 +143,36 @@ def _preemption_save(log: Path) -> int | None:
 
 
 def test_real_trainer_preempted_on_slurm_resumes_to_the_same_losses(slurm_env, tmp_path):
-    """megatron_huatuo.train itself (tiny Baichuan2, TP=2, gloo) under train.sbatch: USR1 -> exit 75 -> requeue."""
+    """megatron_huatuo.train itself (tiny Baichuan2, TP=2, gloo) under train.sbatch: USR1 -> exit 75 -> requeue.
+
+    The reference job runs across two (fake) nodes, one rank each: the rendezvous goes to the first host of the
+    allocation and ranks come from SLURM_PROCID. The pre-empted job runs both ranks on one node. Same TP=2 layout,
+    so both must give the identical loss at every step.
+    """
     env = dict(slurm_env, HUATUO_LOG_DIR=str(tmp_path / "logs"))
     env.pop("HUATUO_TRAIN_MODULE")
     tmp_path.chmod(0o777)
     recipe = REPO_ROOT / "megatron_huatuo" / "recipes" / "tiny-baichuan2-7b-tp2.yaml"
 
-    def submit(name):
+    nodes = min(node_count(env), 2)
+
+    def submit(name, nodes=1):
         return subprocess.run(
-            ["sbatch", "--parsable", f"--job-name={name}", "--nodes=1", "--ntasks=2", "--ntasks-per-node=2",
+            ["sbatch", "--parsable", f"--job-name={name}", f"--nodes={nodes}", "--ntasks=2",
+             f"--ntasks-per-node={2 // nodes}",
              "--cpus-per-task=1", f"--output={tmp_path}/{name}-%j.out", f"--chdir={REPO_ROOT}",
              str(REPO_ROOT / "slurm" / "train.sbatch"), str(recipe), f"checkpoint.dir={tmp_path / name}",
              f"train.steps={STEPS}", "checkpoint.interval=0"],
             env=env, capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
 
-    ref = submit("ref")
+    ref = submit("ref", nodes)
     wait_for(lambda: job_state(env, ref) in ("COMPLETED", "FAILED", "GONE"), 240, "the reference training job")
     ref_log = tmp_path / "logs" / f"ref-{ref}" / "rank-1.log"  # the trainer logs from the last rank
     ref_losses = _losses(ref_log)
     assert sorted(ref_losses) == list(range(1, STEPS + 1)), ref_log.read_text()[-3000:]
+    if nodes == 2:
+        batch = (tmp_path / f"ref-{ref}.out").read_text()
+        assert "nodes=2" in batch and "master=node1:" in batch, batch
 
     job = submit("pre")
     rank_log = tmp_path / "logs" / f"pre-{job}" / "rank-1.log"
