@@ -100,7 +100,7 @@ def main() -> None:
                 for rep in range(args.repeats):
                     cfg = RewriteConfig(base_url=url, model="bench", concurrency=c, timeout=60)
                     out = Path(tmp) / f"run-{c}-{rep}"
-                    ours = max(ours, timed(lambda: rewrite_file(docs_path, out, cfg, out / "cache", api_key=None)
+                    ours = max(ours, timed(lambda: rewrite_file(docs_path, out, cfg, out / "cache")
                                            ["counts"]["requests"]["sent"]))
                     threads = max(threads, timed(lambda: reference(url, docs, c)))
                 print(f"| {c} | {ours[0]:.0f} | {ours[1]:.2f} | {threads[0]:.0f} | {threads[1]:.2f} "

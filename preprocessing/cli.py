@@ -38,6 +38,11 @@ def _prepare(argv: list[str]) -> int:
     return 0
 
 
+def _int_or_none(text: str) -> Optional[int]:
+    """``--seed none`` for servers that refuse a ``seed`` field."""
+    return None if text.lower() == "none" else int(text)
+
+
 def _rewrite(argv: list[str]) -> int:
     import logging
 
@@ -57,12 +62,14 @@ def _rewrite(argv: list[str]) -> int:
     for name, value in vars(defaults).items():
         if name == "base_url":
             continue
-        kind = {"max_requests": int, "top_p": float, "max_tokens": int, "seed": int,
+        kind = {"max_requests": int, "top_p": float, "max_tokens": int, "seed": _int_or_none,
                 "price_per_1k_prompt": float, "price_per_1k_completion": float}.get(name, type(value))
         ap.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    if logging.getLogger().level > logging.DEBUG:  # httpx logs every request at INFO: millions of lines
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     cfg = RewriteConfig(base_url=args.base_url,
                         **{k: getattr(args, k) for k in vars(defaults) if k != "base_url"})
     try:

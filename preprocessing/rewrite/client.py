@@ -161,6 +161,8 @@ class ChatClient:
         body = {"model": cfg.model, "messages": messages,
                 **{k: v for k, v in sampling.items() if k != "try"}}
         for retry in range(cfg.retries + 1):
+            if retry and self._stopping is not None:  # stopped while this request waited to retry
+                raise self._stopping
             retry_after = None
             async with self._sem:
                 try:
@@ -183,6 +185,8 @@ class ChatClient:
                         raise JobIncomplete(f"HTTP {resp.status_code} from {cfg.base_url}: check the URL, the model "
                                             f"name and the API key variable ({self.redact(resp.text[:200])!r})")
                     else:
+                        log.warning("request %s: HTTP %d, not retried (the document becomes a reject)", key[:12],
+                                    resp.status_code)
                         raise RequestRejected(f"HTTP {resp.status_code}: {self.redact(resp.text[:200])}")
             self.stats.retries[reason] += 1
             if self._stopping is not None:

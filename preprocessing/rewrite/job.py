@@ -270,10 +270,10 @@ async def _run(docs_path: Path, outputs: Outputs, cfg: RewriteConfig, prompts: P
 
 
 def rewrite_file(docs_path: str | Path, out_dir: str | Path, cfg: RewriteConfig, cache_dir: str | Path | None = None,
-                 shard: Shard = Shard(), api_key: Optional[str] = None) -> dict:
+                 shard: Shard = Shard()) -> dict:
     """Rewrite the documents ``shard`` owns; returns the summary (also written to ``summary.json``).
 
-    ``api_key`` defaults to the environment (``HUATUO_REWRITE_API_KEY``, else ``OPENAI_API_KEY``). Raises
+    The API key is read from the environment only (``HUATUO_REWRITE_API_KEY``, else ``OPENAI_API_KEY``). Raises
     :class:`RewriteError` for bad input (nothing sent), :class:`BudgetExhausted` / :class:`JobIncomplete` when the
     run stopped early (no output written; rerun to continue from the cache).
     """
@@ -282,8 +282,7 @@ def rewrite_file(docs_path: str | Path, out_dir: str | Path, cfg: RewriteConfig,
     prompts = load_prompts(cfg.prompt_version)
     validate_documents(docs_path, cfg, prompts)
     cache = Cache(cache_dir if cache_dir is not None else Path(out_dir) / "cache")
-    key = api_key if api_key is not None else api_key_from_env()
-    return asyncio.run(_run(docs_path, Outputs.of(out_dir, shard), cfg, prompts, cache, shard, key))
+    return asyncio.run(_run(docs_path, Outputs.of(out_dir, shard), cfg, prompts, cache, shard, api_key_from_env()))
 
 
 def merge_shards(out_dir: str | Path, count: int) -> dict:

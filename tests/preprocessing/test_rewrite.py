@@ -15,7 +15,7 @@ import pytest
 from fake_openai import FakeOpenAI, Faults
 from huatuo_testing import REPO_ROOT
 from preprocessing import cli
-from preprocessing.rewrite import BudgetExhausted, RewriteConfig, load_prompts, request_key, rewrite_file
+from preprocessing.rewrite import API_KEY_ENVS, BudgetExhausted, JobIncomplete, RewriteConfig, load_prompts, request_key, rewrite_file
 from preprocessing.rewrite.checks import check_output
 from preprocessing.rewrite.client import backoff_delay, retry_after_seconds
 from preprocessing.rewrite.prompts import render
@@ -48,14 +48,22 @@ def config(url, **kw):
     return RewriteConfig(**base)
 
 
-def test_faults_lose_nothing_duplicate_nothing_and_match_a_fault_free_run(tmp_path):
+@pytest.fixture(autouse=True)
+def no_key_in_env(monkeypatch):
+    for name in API_KEY_ENVS:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_faults_lose_nothing_duplicate_nothing_and_match_a_fault_free_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)  # the fallback variable
     docs = write_docs(tmp_path / "documents.jsonl", n=40)
     faults = Faults(rate=0.6, per_prompt=2, retry_after="0.02", timeout_sleep=0.6)
     with FakeOpenAI(faults=faults) as faulty:
-        summary = rewrite_file(docs, tmp_path / "faulty", config(faulty.url), api_key=SECRET)
+        summary = rewrite_file(docs, tmp_path / "faulty", config(faulty.url))
     with FakeOpenAI() as clean:
-        rewrite_file(docs, tmp_path / "clean", config(clean.url), api_key=SECRET)
+        rewrite_file(docs, tmp_path / "clean", config(clean.url))
     assert set(faulty.faulted) == {"429", "500", "timeout", "malformed", "drop"}
+    assert faulty.authorization == {f"Bearer {SECRET}"}
     for name in ("pairs.jsonl", "rejects.jsonl"):
         assert (tmp_path / "faulty" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
     pairs = lines(tmp_path / "faulty" / "pairs.jsonl")
@@ -86,7 +94,7 @@ def test_a_429_waits_for_its_retry_after(tmp_path):
     docs = write_docs(tmp_path / "documents.jsonl", n=1)
     with FakeOpenAI(faults=Faults(rate=1.0, kinds=("429",), per_prompt=1, retry_after="0.3")) as srv:
         start = time.monotonic()
-        rewrite_file(docs, tmp_path / "out", config(srv.url, backoff=0.001), api_key=None)
+        rewrite_file(docs, tmp_path / "out", config(srv.url, backoff=0.001))
         elapsed = time.monotonic() - start
     assert srv.faulted["429"] == 2 and elapsed >= 0.6  # question, then answer: each waited 0.3 s once
 
@@ -95,15 +103,15 @@ def test_budget_holds_then_a_rerun_pays_only_the_rest(tmp_path):
     docs = write_docs(tmp_path / "documents.jsonl", n=10)
     with FakeOpenAI() as srv:
         with pytest.raises(BudgetExhausted, match="rerun"):
-            rewrite_file(docs, tmp_path / "out", config(srv.url, max_requests=7, concurrency=4), api_key=None)
+            rewrite_file(docs, tmp_path / "out", config(srv.url, max_requests=7, concurrency=4))
         assert sum(srv.served.values()) == 7
         assert not (tmp_path / "out" / "pairs.jsonl").exists()
         assert not list((tmp_path / "out").glob(".*partial"))
-        summary = rewrite_file(docs, tmp_path / "out", config(srv.url, concurrency=4), api_key=None)
+        summary = rewrite_file(docs, tmp_path / "out", config(srv.url, concurrency=4))
         assert summary["counts"]["requests"]["cached"] == 7 and summary["counts"]["requests"]["sent"] == 13
         assert set(srv.served.values()) == {1} and len(srv.served) == 20
     with FakeOpenAI() as straight:
-        rewrite_file(docs, tmp_path / "straight", config(straight.url), api_key=None)
+        rewrite_file(docs, tmp_path / "straight", config(straight.url))
     assert (tmp_path / "out" / "pairs.jsonl").read_bytes() == (tmp_path / "straight" / "pairs.jsonl").read_bytes()
 
 
@@ -113,7 +121,7 @@ def test_every_reject_is_kept_with_its_reason(tmp_path):
                8: "[[mention-ref]]", 9: "[[http400]]"}
     docs = write_docs(tmp_path / "documents.jsonl", n=12, markers=markers)
     with FakeOpenAI() as srv:
-        summary = rewrite_file(docs, tmp_path / "out", config(srv.url), api_key=None)
+        summary = rewrite_file(docs, tmp_path / "out", config(srv.url))
     rejects = {r["ordinal"]: (r["step"], r["reason"], r["tries"]) for r in lines(tmp_path / "out" / "rejects.jsonl")}
     assert rejects == {
         0: ("question", "question_too_long", ["question_too_long"] * 2),
@@ -173,10 +181,10 @@ def test_shards_merged_equal_the_unsharded_run_byte_for_byte(tmp_path):
     docs = write_docs(tmp_path / "documents.jsonl", n=17, markers={2: "[[refuse]]", 9: "[[mention-ref]]"})
     kw = dict(price_per_1k_prompt=0.5, price_per_1k_completion=2.0)
     with FakeOpenAI() as srv:
-        whole = rewrite_file(docs, tmp_path / "whole", config(srv.url, **kw), api_key=None)
+        whole = rewrite_file(docs, tmp_path / "whole", config(srv.url, **kw))
     with FakeOpenAI() as srv2:
         for i in range(3):
-            rewrite_file(docs, tmp_path / "sharded", config(srv2.url, **kw), shard=Shard(i, 3), api_key=None)
+            rewrite_file(docs, tmp_path / "sharded", config(srv2.url, **kw), shard=Shard(i, 3))
     shard_pairs = lines(tmp_path / "sharded" / "shards" / "pairs.shard-00001-of-00003.jsonl")
     assert [p["ordinal"] for p in shard_pairs] == [1, 4, 7, 10, 13, 16]
     assert cli.main(["rewrite-merge", "--out", str(tmp_path / "sharded"), "--shards", "3"]) == 0
@@ -225,3 +233,14 @@ def test_cli_reports_bad_documents_with_file_and_line(tmp_path):
                            str(tmp_path / "o"), "--base-url", "http://127.0.0.1:9"], capture_output=True, text=True,
                           cwd=REPO_ROOT)
     assert proc.returncode == 2 and "documents.jsonl:1: no rewrite_v1 prompts for target language 'fr'" in proc.stderr
+
+
+def test_a_server_failing_past_every_retry_stops_the_job_without_output_and_a_rerun_finishes(tmp_path):
+    docs = write_docs(tmp_path / "documents.jsonl", n=4)
+    with FakeOpenAI(faults=Faults(rate=1.0, kinds=("500",), per_prompt=3)) as srv:
+        with pytest.raises(JobIncomplete, match="still failing after 3 attempts"):
+            rewrite_file(docs, tmp_path / "out", config(srv.url, retries=2))
+        assert not (tmp_path / "out" / "pairs.jsonl").exists() and not srv.served
+        # rerun: each question succeeds at once (its 4th receipt), each answer at its 4th attempt
+        summary = rewrite_file(docs, tmp_path / "out", config(srv.url, retries=3))
+    assert summary["counts"]["pairs"] == 4 and set(srv.served.values()) == {1}
