@@ -90,6 +90,7 @@ class FakeOpenAI:
         self.served: Counter = Counter()
         self.faulted: Counter = Counter()
         self.usage: Counter = Counter()  # "prompt"/"completion" tokens of the served replies
+        self.in_progress = 0  # requests received and not yet answered
         self.authorization: set = set()
         self.bodies_seen: list = []  # request bodies minus messages (model, sampling): to check what was sent
         self.lock = threading.Lock()
@@ -115,6 +116,15 @@ class FakeOpenAI:
                     self.close_connection = True
 
             def do_POST(self):
+                with fake.lock:
+                    fake.in_progress += 1
+                try:
+                    self._handle()
+                finally:
+                    with fake.lock:
+                        fake.in_progress -= 1
+
+            def _handle(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 prompt = body["messages"][-1]["content"]
                 seed = body.get("seed")
@@ -175,6 +185,12 @@ class FakeOpenAI:
         if (h % 10_000) / 10_000 >= f.rate:
             return None
         return f.kinds[(h // 10_000) % len(f.kinds)]
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Until no request is being answered (e.g. those a killed client left in flight)."""
+        deadline = time.monotonic() + timeout
+        while self.in_progress and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def start(self) -> "FakeOpenAI":
         self._thread.start()

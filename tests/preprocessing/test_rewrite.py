@@ -43,7 +43,7 @@ def lines(path):
 
 
 def config(url, **kw):
-    base = dict(base_url=url, model="fake-model", backoff=0.01, max_backoff=0.05, timeout=0.4, concurrency=16)
+    base = dict(base_url=url, model="fake-model", backoff=0.01, max_backoff=0.05, timeout=1.0, concurrency=16)
     base.update(kw)
     return RewriteConfig(**base)
 
@@ -57,7 +57,7 @@ def no_key_in_env(monkeypatch):
 def test_faults_lose_nothing_duplicate_nothing_and_match_a_fault_free_run(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)  # the fallback variable
     docs = write_docs(tmp_path / "documents.jsonl", n=40)
-    faults = Faults(rate=0.6, per_prompt=2, retry_after="0.02", timeout_sleep=0.6)
+    faults = Faults(rate=0.6, per_prompt=2, retry_after="0.02", timeout_sleep=1.3)  # past the 1 s timeout
     with FakeOpenAI(faults=faults) as faulty:
         summary = rewrite_file(docs, tmp_path / "faulty", config(faulty.url))
     with FakeOpenAI() as clean:

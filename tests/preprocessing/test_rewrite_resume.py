@@ -40,7 +40,7 @@ def test_sigkill_then_rerun_matches_a_straight_run_and_pays_only_the_requests_in
         at_kill = len(cached_files(cache))
         assert 20 <= at_kill < REQUESTS, at_kill  # killed mid-run
         assert not (out / "pairs.jsonl").exists()  # no partial output in place
-        time.sleep(0.3)  # let the server finish the replies that were in flight
+        srv.wait_idle()  # let the server finish the replies that were in flight
         served_first = sum(srv.served.values())
         assert at_kill <= served_first <= at_kill + CONCURRENCY
 
