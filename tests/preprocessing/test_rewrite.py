@@ -16,6 +16,7 @@ from fake_openai import FakeOpenAI, Faults
 from huatuo_testing import REPO_ROOT
 from preprocessing import cli
 from preprocessing.rewrite import API_KEY_ENVS, BudgetExhausted, JobIncomplete, RewriteConfig, load_prompts, request_key, rewrite_file
+from preprocessing.rewrite.cache import Cache, CachedReply
 from preprocessing.rewrite.checks import check_output
 from preprocessing.rewrite.client import backoff_delay, retry_after_seconds
 from preprocessing.rewrite.prompts import render
@@ -244,3 +245,22 @@ def test_a_server_failing_past_every_retry_stops_the_job_without_output_and_a_re
         # rerun: each question succeeds at once (its 4th receipt), each answer at its 4th attempt
         summary = rewrite_file(docs, tmp_path / "out", config(srv.url, retries=3))
     assert summary["counts"]["pairs"] == 4 and set(srv.served.values()) == {1}
+
+
+def test_the_cache_keeps_the_first_reply_and_identical_documents_pay_once(tmp_path):
+    cache = Cache(tmp_path / "cache")
+    first, second = CachedReply("first", 1, 2), CachedReply("second", 3, 4)
+    assert cache.put("ab" + "0" * 62, first) == first
+    assert cache.put("ab" + "0" * 62, second) == first  # e.g. another shard answered the same request later
+    assert cache.get("ab" + "0" * 62) == first and cache.get("cd" + "0" * 62) is None
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+    docs = tmp_path / "documents.jsonl"
+    row = {"id": "a", "source": "s", "kind": "web", "lang": "en", "text": "Rest and fluids help a cold. " * 5}
+    docs.write_text("".join(json.dumps({**row, "id": i}) + "\n" for i in ("a", "b", "c")))
+    with FakeOpenAI(latency=0.05) as srv:
+        summary = rewrite_file(docs, tmp_path / "out", config(srv.url))
+    assert set(srv.served.values()) == {1} and len(srv.served) == 2  # one question, one answer for all three
+    assert summary["counts"]["requests"]["sent"] == 2 and summary["counts"]["pairs"] == 3
+    answers = {p["answer"] for p in lines(tmp_path / "out" / "pairs.jsonl")}
+    assert len(answers) == 1
