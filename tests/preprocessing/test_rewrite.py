@@ -178,14 +178,17 @@ def test_prompts_are_versioned_files_and_the_cache_key_covers_what_changes_a_rep
     assert request_key(**base) == k
 
 
-def test_shards_merged_equal_the_unsharded_run_byte_for_byte(tmp_path):
+def test_shards_merged_equal_the_unsharded_run_byte_for_byte(tmp_path, capsys):
     docs = write_docs(tmp_path / "documents.jsonl", n=17, markers={2: "[[refuse]]", 9: "[[mention-ref]]"})
     kw = dict(price_per_1k_prompt=0.5, price_per_1k_completion=2.0)
     with FakeOpenAI() as srv:
         whole = rewrite_file(docs, tmp_path / "whole", config(srv.url, **kw))
     with FakeOpenAI() as srv2:
-        for i in range(3):
+        for i in (2, 0):
             rewrite_file(docs, tmp_path / "sharded", config(srv2.url, **kw), shard=Shard(i, 3))
+        assert cli.main(["rewrite-merge", "--out", str(tmp_path / "sharded"), "--shards", "3"]) == 2
+        assert "summary.shard-00001-of-00003.json is missing" in capsys.readouterr().err
+        rewrite_file(docs, tmp_path / "sharded", config(srv2.url, **kw), shard=Shard(1, 3))
     shard_pairs = lines(tmp_path / "sharded" / "shards" / "pairs.shard-00001-of-00003.jsonl")
     assert [p["ordinal"] for p in shard_pairs] == [1, 4, 7, 10, 13, 16]
     assert cli.main(["rewrite-merge", "--out", str(tmp_path / "sharded"), "--shards", "3"]) == 0
