@@ -248,7 +248,7 @@ class DemoPipeline:
                                              "--out", out, "--base-url", endpoint["base_url"],
                                              "--model", endpoint["model"]))
             counts = {"pairs": len(_json_lines(out / "pairs.jsonl")),
-                      "failures": len(_json_lines(out / "failures.jsonl")), "source": endpoint["base_url"]}
+                      "rejects": len(_json_lines(out / "rejects.jsonl")), "source": endpoint["base_url"]}
             return counts
         print(f"    no rewrite endpoint configured ({REWRITE_URL_ENV} is not set): using the bundled demo pairs "
               f"{self.data('rewritten/pairs.jsonl')}", flush=True)

@@ -1,0 +1,69 @@
+"""Output checks: why a generated question or answer is not kept.
+
+Each check returns a short reason string (written into ``rejects.jsonl``) or None. The lists are ours, small on
+purpose: a refusal opens with its phrase, so refusal markers are looked for in the opening characters only (a
+medical answer may say "抱歉" or "I cannot" later for good reasons); a mention of the hidden reference is looked for
+everywhere, as the original did with "参考".
+"""
+from __future__ import annotations
+
+import re
+from typing import Optional
+
+EMPTY = "empty"
+TOO_LONG = "question_too_long"
+REFUSAL = "refusal"
+WRONG_LANGUAGE = "wrong_language"
+MENTIONS_REFERENCE = "mentions_reference"
+
+REFUSAL_OPENING_CHARS = 80
+REFUSAL_MARKERS = (
+    "作为一个ai", "作为ai", "作为一个人工智能", "作为人工智能", "作为语言模型", "作为一个语言模型",
+    "抱歉", "对不起", "很遗憾，我", "我无法", "我不能回答", "我不能提供",
+    "i cannot", "i can't", "i can not", "i'm sorry", "i am sorry", "sorry, ", "as an ai", "as a language model",
+    "i am unable", "i'm unable", "i won't",
+)
+_REFERENCE_ZH = ("参考", "资料中", "资料显示", "根据资料", "根据文本", "文本中", "上述文本", "上文", "原文", "文中提到",
+                 "文章中", "根据文章", "所给资料", "提供的资料", "背景资料")
+_REFERENCE_EN = re.compile(
+    r"\b(the|this|above|given|provided|attached) (text|passage|reference|material|document|article|excerpt)s?\b"
+    r"|\baccording to the (text|passage|reference|material|document|article|source)\b"
+    r"|\breference text\b",
+    re.IGNORECASE)
+
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]")
+MIN_LETTERS_FOR_LANGUAGE = 4  # too few letters to judge ("CT?") is not a wrong language
+
+
+def script_ratio(text: str, lang: str) -> Optional[float]:
+    """Share of the target script (CJK for zh, Latin otherwise) among CJK + Latin letters; None if too few."""
+    cjk, latin = len(_CJK.findall(text)), len(_LATIN.findall(text))
+    if cjk + latin < MIN_LETTERS_FOR_LANGUAGE:
+        return None
+    return (cjk if lang == "zh" else latin) / (cjk + latin)
+
+
+def is_refusal(text: str) -> bool:
+    opening = text[:REFUSAL_OPENING_CHARS].lower()
+    return any(marker in opening for marker in REFUSAL_MARKERS)
+
+
+def mentions_reference(text: str) -> bool:
+    return any(marker in text for marker in _REFERENCE_ZH) or _REFERENCE_EN.search(text) is not None
+
+
+def check_output(step: str, text: str, lang: str, *, max_question_chars: int, min_script_ratio: float) -> Optional[str]:
+    """The reason ``text`` (already stripped) is rejected as the ``step`` output in target language ``lang``."""
+    if not text:
+        return EMPTY
+    if step == "question" and len(text) > max_question_chars:
+        return TOO_LONG
+    if is_refusal(text):
+        return REFUSAL
+    ratio = script_ratio(text, lang)
+    if ratio is not None and ratio < min_script_ratio:
+        return WRONG_LANGUAGE
+    if mentions_reference(text):
+        return MENTIONS_REFERENCE
+    return None
