@@ -91,11 +91,12 @@ def medical_score(text: str, us: Optional[list[str]] = None) -> float:
     return 1000.0 * medical_hits(text) / n if n else 0.0
 
 
-def first_failure(text: str, lang: str, cfg: PrepareConfig) -> Optional[tuple[str, float]]:
+def first_failure(text: str, lang: str, cfg: PrepareConfig, us: Optional[list[str]] = None
+                  ) -> Optional[tuple[str, float]]:
     """``(reason, measured value)`` of the first filter the cleaned ``text`` fails, or None when it passes.
 
     ``lang`` is the document's language (``zh`` or ``en``): it picks the script the language check expects and
-    whether n-grams count characters or words.
+    whether n-grams count characters or words. ``us``: the text's units, when the caller has them.
     """
     length = effective_length(text)
     if length < cfg.min_chars:
@@ -111,7 +112,7 @@ def first_failure(text: str, lang: str, cfg: PrepareConfig) -> Optional[tuple[st
         frac = dup_line_fraction(text)
         if frac > cfg.max_dup_line_fraction:
             return "repeated_lines", frac
-    us = units(text)
+    us = units(text) if us is None else us
     if cfg.max_top_ngram_fraction < 1:
         frac = top_ngram_fraction(us, cfg.top_ngram_chars if lang == "zh" else cfg.top_ngram_words)
         if frac > cfg.max_top_ngram_fraction:

@@ -28,7 +28,7 @@ from preprocessing.prepare.config import InputError, PrepareConfig, Source, chec
 from preprocessing.prepare.dedup import Deduplicator, exact_key, signature
 from preprocessing.prepare.filters import FILTER_REASONS, first_failure
 from preprocessing.prepare.readers import read_source
-from preprocessing.prepare.text import clean, detect_lang
+from preprocessing.prepare.text import clean, detect_lang, units
 from preprocessing.sharding import Shard, ShardError, _records, merge_counts, merge_jsonl, shard_path
 
 DEDUP_REASONS = ("exact_duplicate", "near_duplicate")
@@ -53,10 +53,11 @@ def process(cfg: PrepareConfig, source_lang: str, text: str) -> dict:
     """Clean, filter and key one document: ``{"lang", "text", "reason", "value"}`` or with ``key``/``minhash``."""
     text = clean(text)
     lang = detect_lang(text) if source_lang == "auto" else source_lang
-    failed = first_failure(text, lang, cfg)
+    us = units(text)
+    failed = first_failure(text, lang, cfg, us)
     if failed:
         return {"lang": lang, "text": text, "reason": failed[0], "value": round(float(failed[1]), 4)}
-    return {"lang": lang, "text": text, "key": exact_key(text), "minhash": signature(text, lang, cfg)}
+    return {"lang": lang, "text": text, "key": exact_key(us), "minhash": signature(us, lang, cfg)}
 
 
 def _process_batch(batch: list[tuple[int, int, str, str]]) -> list[tuple[int, int, str, dict]]:

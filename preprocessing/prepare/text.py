@@ -14,11 +14,10 @@ _CJK_RANGES = "\u3400-\u4dbf\u4e00-\u9fff"
 _CJK = re.compile(f"[{_CJK_RANGES}]")
 _LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]")
 _LETTER = re.compile(r"[^\W\d_]")  # Unicode letters, CJK ideographs included
-_NON_SPACE = re.compile(r"\S")
+_SPACE = re.compile(r"\s")
 _UNIT = re.compile(f"[{_CJK_RANGES}]|[^\\W{_CJK_RANGES}]+")
 _TAG = re.compile(r"<[^>]{0,200}>")
 _BLANKS = re.compile(r"[^\S\n]+")  # every whitespace but the newline: tabs, full-width and no-break spaces, \r
-_NON_WORD = re.compile(r"\W+")
 
 
 def clean(text: str) -> str:
@@ -33,25 +32,30 @@ def is_cjk(ch: str) -> bool:
     return bool(_CJK.match(ch))
 
 
+def _count(pattern: re.Pattern, text: str) -> int:
+    """Characters matching a one-character pattern (one C-level pass, no list of matches)."""
+    return len(text) - len(pattern.sub("", text))
+
+
 def cjk_count(text: str) -> int:
-    return len(_CJK.findall(text))
+    return _count(_CJK, text)
 
 
 def effective_length(text: str) -> int:
     """Non-space characters, CJK counted double (a CJK character carries about a Latin word's half)."""
-    return len(_NON_SPACE.findall(text)) + cjk_count(text)
+    return len(text) - _count(_SPACE, text) + cjk_count(text)
 
 
 def letter_ratio(text: str) -> float:
     """Letters and CJK characters among non-space characters (0 for an empty text)."""
-    non_space = len(_NON_SPACE.findall(text))
-    return len(_LETTER.findall(text)) / non_space if non_space else 0.0
+    non_space = len(text) - _count(_SPACE, text)
+    return _count(_LETTER, text) / non_space if non_space else 0.0
 
 
 def zh_share(text: str) -> float:
     """2*CJK / (2*CJK + Latin letters): the weight of Chinese script, CJK double as in ``effective_length``."""
     cjk2 = 2 * cjk_count(text)
-    total = cjk2 + len(_LATIN.findall(text))
+    total = cjk2 + _count(_LATIN, text)
     return cjk2 / total if total else 0.0
 
 
@@ -65,6 +69,7 @@ def units(text: str) -> list[str]:
     return _UNIT.findall(unicodedata.normalize("NFKC", text).lower())
 
 
-def normalised(text: str) -> str:
-    """Exact-dedup key text: NFKC, lower case, no punctuation or spaces."""
-    return _NON_WORD.sub("", unicodedata.normalize("NFKC", text).lower())
+def normalised(us: list[str]) -> str:
+    """Exact-dedup key text from the units: NFKC, lower case, no punctuation or spaces (units cover every word
+    character once, in order)."""
+    return "".join(us)

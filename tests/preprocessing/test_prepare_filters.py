@@ -41,9 +41,9 @@ def test_script_share_and_medical_terms_by_hand():
 
 def test_shingles_are_word_ngrams_in_english_and_character_ngrams_in_chinese():
     cfg = PrepareConfig(shingle_words=3, shingle_chars=5)
-    assert shingles("The cat, the hat and the bat.", "en", cfg) == {
+    assert shingles(units("The cat, the hat and the bat."), "en", cfg) == {
         "the cat the", "cat the hat", "the hat and", "hat and the", "and the bat"}
-    assert shingles("高血压患者，应控制", "zh", cfg) == {"高血压患者", "血压患者应", "压患者应控", "患者应控制"}
+    assert shingles(units("高血压患者，应控制"), "zh", cfg) == {"高血压患者", "血压患者应", "压患者应控", "患者应控制"}
 
 
 def independent_counts(texts: list[str]) -> dict:
