@@ -6,7 +6,8 @@ serially, in global document order (``merge``), which makes it independent of sh
 
 Shingles are unit n-grams (``text.units``): character ``shingle_chars``-grams for Chinese documents and word
 ``shingle_words``-grams for English ones (a word n-gram set is what changes when an English sentence is edited;
-character grams of English mostly measure shared vocabulary). Near duplicates: MinHash LSH (datasketch).
+character grams of English mostly measure shared vocabulary). Near duplicates: MinHash (datasketch), LSH banding and
+a similarity check (``Deduplicator``).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from preprocessing.prepare.config import InputError, PrepareConfig
+from preprocessing.prepare.config import PrepareConfig
 from preprocessing.prepare.text import normalised
 
 
@@ -65,52 +66,79 @@ def signature(us: list[str], lang: str, cfg: PrepareConfig) -> str:
     return base64.b64encode(values.tobytes()).decode("ascii")
 
 
+def band_shape(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[int, int]:
+    """(bands, rows per band): the most rows per band (fewest false candidates) such that a pair of Jaccard
+    similarity ``threshold`` still shares a band with probability >= ``recall``: 1 - (1 - t^r)^b."""
+    best = (num_perm, 1)
+    for r in range(1, num_perm + 1):
+        b = num_perm // r
+        if 1 - (1 - threshold ** r) ** b >= recall:
+            best = (b, r)
+    return best
+
+
 class Deduplicator:
     """Keeps the first of each exact or near-duplicate group, fed documents in global order.
 
-    Why a verification step: LSH alone is an S-curve around its threshold (datasketch at 0.85 with 128
-    permutations flags a pair of true Jaccard 0.925 only 93% of the time). Candidates come from an LSH index at
-    ``CANDIDATE_FACTOR`` x the threshold (high recall); a candidate is a near duplicate when the MinHash estimate
-    of its Jaccard similarity (share of equal hash values) reaches ``near_dup_threshold``. Costs the kept
-    documents' signatures in memory (4 bytes x num_perm each).
+    Near duplicates: LSH banding finds candidates among the kept documents (bands sized by ``band_shape`` for
+    99% recall at the threshold), and a candidate is a duplicate when the MinHash estimate of the Jaccard
+    similarity (share of equal hash values) reaches ``near_dup_threshold``. Why not datasketch's MinHashLSH alone:
+    it is an S-curve around its threshold (at 0.85 with 128 permutations it flags a pair of true Jaccard 0.925
+    only 93% of the time), and its per-key Python sets cost ~7 KB per kept document; here a kept document costs
+    its signature (4 bytes x num_perm, in one growing array) and one 64-bit integer per band, ~2 KB in all.
     """
 
-    CANDIDATE_FACTOR = 0.8
-
     def __init__(self, cfg: PrepareConfig):
-        from datasketch import MinHashLSH
-
         self.cfg = cfg
         t = _template(cfg.num_perm, cfg.seed)
         self._dtype = t.hashvalues.dtype.newbyteorder("<")
-        self._scheme = _scheme(t)
         self.exact: dict[str, int] = {}
-        self.signatures: dict[int, np.ndarray] = {}
-        self.lsh = None  # near_dup_threshold >= 1: exact dedup only
-        if cfg.near_dup_threshold < 1:
-            try:
-                self.lsh = MinHashLSH(threshold=self.CANDIDATE_FACTOR * cfg.near_dup_threshold, num_perm=cfg.num_perm)
-            except ValueError as exc:
-                raise InputError(f"near_dup_threshold {cfg.near_dup_threshold} with num_perm {cfg.num_perm}: "
-                                 f"{exc}") from None
+        self.near = cfg.near_dup_threshold < 1  # else exact dedup only
+        self.bands, self.rows = band_shape(cfg.near_dup_threshold, cfg.num_perm) if self.near else (0, 0)
+        self.buckets: list[dict[int, object]] = [{} for _ in range(self.bands)]  # band key -> row or [rows]
+        self.signatures = np.empty((1024, cfg.num_perm), dtype=self._dtype)
+        self.ordinals: list[int] = []  # row -> ordinal of the kept document
+
+    def _band_keys(self, values: np.ndarray) -> list[int]:
+        data = values.tobytes()
+        width = self.rows * values.itemsize
+        return [int.from_bytes(hashlib.blake2b(data[i * width:(i + 1) * width], digest_size=8).digest(), "little")
+                for i in range(self.bands)]
 
     def check(self, ordinal: int, key: str, sig: str) -> Optional[tuple[str, int]]:
         """``(reason, ordinal of the kept document it duplicates)``, or None (then it is kept and indexed)."""
-        from datasketch import LeanMinHash
-
         if key in self.exact:
             return "exact_duplicate", self.exact[key]
-        if self.lsh is None:
+        if not self.near:
             self.exact[key] = ordinal
             return None
         values = np.frombuffer(base64.b64decode(sig), dtype=self._dtype)
         if len(values) != self.cfg.num_perm:
             raise ValueError(f"document #{ordinal}: MinHash has {len(values)} values, expected {self.cfg.num_perm}")
-        mh = LeanMinHash(seed=self.cfg.seed, hashvalues=values, **self._scheme)
-        best = max(((float(np.mean(values == self.signatures[o])), -o) for o in self.lsh.query(mh)), default=None)
-        if best is not None and best[0] >= self.cfg.near_dup_threshold:
-            return "near_duplicate", -best[1]
-        self.lsh.insert(ordinal, mh)
-        self.signatures[ordinal] = values
+        band_keys = self._band_keys(values)
+        candidates: set[int] = set()
+        for bucket, bk in zip(self.buckets, band_keys):
+            hit = bucket.get(bk)
+            if hit is not None:
+                candidates.update(hit if isinstance(hit, list) else (hit,))
+        if candidates:
+            rows = np.fromiter(sorted(candidates), dtype=np.int64)
+            similarity = (self.signatures[rows] == values).mean(axis=1)
+            best = int(np.argmax(similarity))  # the first (earliest kept) of the most similar
+            if similarity[best] >= self.cfg.near_dup_threshold:
+                return "near_duplicate", self.ordinals[rows[best]]
+        row = len(self.ordinals)
+        if row == len(self.signatures):
+            self.signatures = np.concatenate([self.signatures, np.empty_like(self.signatures)])
+        self.signatures[row] = values
+        self.ordinals.append(ordinal)
+        for bucket, bk in zip(self.buckets, band_keys):
+            hit = bucket.get(bk)
+            if hit is None:
+                bucket[bk] = row
+            elif isinstance(hit, list):
+                hit.append(row)
+            else:
+                bucket[bk] = [hit, row]
         self.exact[key] = ordinal
         return None
