@@ -143,6 +143,7 @@ def run_shard(sources: list[Source], out_dir: str | Path, cfg: PrepareConfig, sh
     """Read, clean and filter this shard's documents; write its candidates, filter rejects and report."""
     check_sources(sources)
     out = Path(out_dir)
+    shard_path(out / SHARD_REPORT, shard).unlink(missing_ok=True)  # unfinished until this run writes it again
     counts = {s.name: {"read": 0, "dropped": {r: 0 for r in FILTER_REASONS}} for s in sources}
     batches = _batched(_owned_documents(sources, shard), BATCH)
     bar = _progress(f"prepare {shard.index}/{shard.count}", progress)

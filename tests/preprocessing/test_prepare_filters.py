@@ -7,7 +7,7 @@ import re
 import pytest
 
 from preprocessing.prepare import REASONS, PrepareConfig, Source, merge, run_shard
-from preprocessing.prepare.dedup import shingles
+from preprocessing.prepare.dedup import band_shape, shingles
 from preprocessing.prepare.filters import (dup_line_fraction, dup_ngram_fraction, medical_hits, medical_score,
                                            top_ngram_fraction)
 from preprocessing.prepare.text import units, zh_share
@@ -105,3 +105,9 @@ def test_medical_filter_counts(tmp_path):
     report, reasons = run_docs(tmp_path, texts, lang="auto", min_medical_score=50)
     assert reasons == {"1": "not_medical", "3": "not_medical"}
     assert report["dropped"] == dict.fromkeys(REASONS, 0) | {"not_medical": 2}
+
+
+def test_lsh_bands_reach_99_percent_recall_at_the_threshold():
+    # 0.85: 8 rows -> 1 - (1 - 0.85^8)^16 = 0.9938; 9 rows -> 1 - (1 - 0.85^9)^14 = 0.975 (too low)
+    assert band_shape(0.85, 128) == (16, 8)
+    assert band_shape(0.5, 128) == (42, 3)  # 1 - (1 - 0.5^3)^42 = 0.9963; 4 rows: 0.873
