@@ -4,7 +4,7 @@ Why ``want``: a ``--shard i/n`` run must count every record of every source (glo
 should only pay for parsing its own; ``read_source`` yields ``None`` for a record the caller does not want.
 
 Formats (``Source.format``, default from the extension): ``jsonl`` (one object, or string, per line), ``json`` (an
-array of objects or strings, loaded whole: use JSONL for large corpora), ``txt`` (one document per blank-line
+array of objects or strings, streamed item by item), ``txt`` (one document per blank-line
 block), ``parquet`` (``pyarrow``, read in batches of the two needed columns), ``hf`` (a ``datasets``
 ``save_to_disk`` folder, read in batches; ``split`` picks a DatasetDict's split).
 
@@ -95,16 +95,66 @@ def _jsonl(src: Source, path: Path, want: Callable[[int], bool]) -> Iterator[Rec
             index += 1
 
 
+def _json_items(path: Path, encoding: str) -> Iterator[tuple[int, object]]:
+    """Stream the items of a top-level JSON array: ``(line number, item)``, one item in memory at a time.
+
+    ``raw_decode`` parses one item from a text buffer refilled in blocks; an item cut by the end of the buffer
+    fails to parse and is retried with more text, so only a failure at the end of the file is a real error.
+    """
+    decoder = json.JSONDecoder()
+    with open(path, encoding=encoding) as fh:
+        buf, pos, line, eof = "", 0, 1, False
+
+        def fill() -> bool:
+            nonlocal buf, pos, eof
+            more = fh.read(_BLOCK)
+            eof = not more
+            buf, pos = buf[pos:] + more, 0
+            return bool(more)
+
+        def skip_space() -> str:
+            nonlocal pos, line
+            while True:
+                while pos < len(buf) and buf[pos] in " \t\r\n":
+                    line += buf[pos] == "\n"
+                    pos += 1
+                if pos < len(buf) or not fill():
+                    return buf[pos] if pos < len(buf) else ""
+
+        def error(msg: str) -> InputError:
+            return InputError(f"{path}:{line}: not valid JSON: {msg}")
+
+        if skip_space() != "[":
+            raise InputError(f"{path}: expected a JSON array of objects or strings")
+        pos += 1
+        first = True
+        while True:
+            ch = skip_space()
+            if ch == "]":
+                break
+            if not first:
+                if ch != ",":
+                    raise error("expected ',' or ']' between items")
+                pos += 1
+                skip_space()
+            while True:
+                try:
+                    item, end = decoder.raw_decode(buf, pos)
+                except json.JSONDecodeError as exc:
+                    if eof or not fill():
+                        raise error(exc.msg) from None
+                    continue
+                if end == len(buf) and not eof and fill():  # a number may continue in the next block
+                    continue
+                break
+            yield line, item
+            line += buf.count("\n", pos, end)
+            pos, first = end, False
+
+
 def _json(src: Source, path: Path, want: Callable[[int], bool]) -> Iterator[Record]:
-    with open(path, encoding=detect_encoding(path)) as fh:
-        try:
-            array = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
-    if not isinstance(array, list):
-        raise InputError(f"{path}: expected a JSON array of objects or strings")
-    for i, row in enumerate(array):
-        yield _record(src, f"{path}: item {i}", row, i) if want(i) else None
+    for i, (line, row) in enumerate(_json_items(path, detect_encoding(path))):
+        yield _record(src, f"{path}: item {i} (line {line})", row, i) if want(i) else None
 
 
 def _txt(src: Source, path: Path, want: Callable[[int], bool]) -> Iterator[Record]:

@@ -116,6 +116,24 @@ def test_save_to_disk_reader(tmp_path):
         list(read_source(Source("enc.en", "encyclopedia", "en", str(tmp_path / "dd"))))
 
 
+@pytest.mark.parametrize("block", [1, 5, 1 << 20])
+def test_json_array_is_streamed_like_json_load_reads_it(tmp_path, monkeypatch, block):
+    monkeypatch.setattr(readers, "_BLOCK", block)  # items cut at every possible place
+    rows = [{"id": 12345, "text": "ab\"c\n", "meta": {"tags": [1, 2.5, None]}}, {"id": "x", "text": "高血压"},
+            {"id": 7, "text": ""}]
+    path = tmp_path / "a.json"
+    path.write_text("\n [\n" + ",\n".join(json.dumps(r, ensure_ascii=False, indent=1) for r in rows) + "\n]\n",
+                    encoding="utf-8")
+    src = Source("lit.en", "literature", "en", str(path))
+    assert list(read_source(src)) == [(str(r["id"]), r["text"]) for r in json.loads(path.read_text("utf-8"))]
+    path.write_text('[{"id": 1, "text": "a"},\n {"id": 2, "text": "b"}\n {"id": 3}]', encoding="utf-8")
+    with pytest.raises(InputError, match=r"a\.json:3: not valid JSON: expected ',' or ']' between items"):
+        list(read_source(src))
+    path.write_text('[{"id": 1, "text": "a"},\n\n {"id": 2, "text": }]', encoding="utf-8")
+    with pytest.raises(InputError, match=r"a\.json:3: not valid JSON: Expecting value"):
+        list(read_source(src))
+
+
 def test_json_array_of_strings_gets_index_ids(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(["first", "second"]), encoding="utf-8")
     assert list(read_source(Source("lit.en", "literature", "en", str(tmp_path / "a.json")))) == \
