@@ -32,7 +32,8 @@ def _prepare(argv: list[str]) -> int:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     for f in dataclasses.fields(PrepareConfig):
-        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                        help=f.metadata.get("help", "") + " (default: %(default)s)")
     args = ap.parse_args(argv)
     try:
         cfg = PrepareConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PrepareConfig)})

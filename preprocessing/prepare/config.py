@@ -6,7 +6,7 @@ recorded in every shard report so that ``merge`` can refuse shards produced with
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -46,6 +46,11 @@ class Source:
         return {".jsonl": "jsonl", ".json": "json", ".txt": "txt", ".parquet": "parquet"}.get(path.suffix.lower(), "")
 
 
+def _opt(default, help: str):
+    """A setting with its ``--flag`` help (the CLI builds its options from these fields)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class PrepareConfig:
     """Filters run in this order; the first that fails names the drop reason (``report.json``, ``rejects.jsonl``).
@@ -53,23 +58,29 @@ class PrepareConfig:
     A ratio or score of 0 (or a maximum of 1) switches that filter off.
     """
 
-    min_chars: int = 100  # after cleaning; CJK characters count double (denser than Latin letters)
-    min_letter_ratio: float = 0.5  # letters + CJK characters / all non-space characters
-    max_dup_line_fraction: float = 0.3  # lines equal to an earlier line of the document / all lines (Gopher)
-    max_top_ngram_fraction: float = 0.2  # characters covered by the most frequent n-gram / all unit characters
-    top_ngram_words: int = 2  # n of that n-gram in English words ...
-    top_ngram_chars: int = 4  # ... and in Chinese characters (an n-gram seen once scores 0)
-    max_dup_ngram_fraction: float = 0.3  # characters covered by n-grams occurring more than once / all (Gopher
-    dup_ngram_words: int = 6  # rule; 0.3 over 6-grams keeps real abstracts and doctor answers, which restate terms)
-    dup_ngram_chars: int = 12
-    min_lang_ratio: float = 0.5  # share of the source's script: 2*CJK / (2*CJK + Latin letters) for zh, rest for en
-    min_medical_score: float = 0.0  # medical term hits per 1000 units (CJK characters, words); 0 = off
-    near_dup_threshold: float = 0.85  # estimated Jaccard similarity of the shingle sets (MinHash LSH); 1 = off
-    shingle_words: int = 3  # English documents: word n-gram shingles
-    shingle_chars: int = 5  # Chinese documents: character n-gram shingles
-    num_perm: int = 128
-    max_chars: int = 2048  # longer documents are chunked for the rewrite prompt
-    seed: int = 1
+    min_chars: int = _opt(100, "too_short below this many non-space characters after cleaning (CJK count double)")
+    min_letter_ratio: float = _opt(0.5, "few_letters below this share of letters + CJK among non-space characters")
+    max_dup_line_fraction: float = _opt(0.3, "repeated_lines above this share of lines equal to an earlier line")
+    max_top_ngram_fraction: float = _opt(0.2, "top_ngram above this share of unit characters covered by the most "
+                                              "covering repeated n-gram")
+    top_ngram_words: int = _opt(2, "n of that n-gram for English (words)")
+    top_ngram_chars: int = _opt(4, "n of that n-gram for Chinese (characters)")
+    max_dup_ngram_fraction: float = _opt(0.3, "repeated_ngrams above this share of unit characters covered by n-grams "
+                                              "seen more than once (0.3 over 6-grams keeps real abstracts and doctor "
+                                              "answers, which restate their terms)")
+    dup_ngram_words: int = _opt(6, "n of those n-grams for English (words)")
+    dup_ngram_chars: int = _opt(12, "n of those n-grams for Chinese (characters)")
+    min_lang_ratio: float = _opt(0.5, "wrong_language below this share of the source language's script: "
+                                      "2*CJK / (2*CJK + Latin letters) for zh, one minus that for en")
+    min_medical_score: float = _opt(0.0, "not_medical below this many medical term hits per 1000 units "
+                                         "(0 = off)")
+    near_dup_threshold: float = _opt(0.85, "near_duplicate at this MinHash-estimated Jaccard similarity of the "
+                                           "shingle sets (1 = exact dedup only)")
+    shingle_words: int = _opt(3, "near-dup shingles of English documents: word n-grams")
+    shingle_chars: int = _opt(5, "near-dup shingles of Chinese documents: character n-grams")
+    num_perm: int = _opt(128, "MinHash permutations")
+    max_chars: int = _opt(2048, "longer documents are chunked at sentence ends (for the rewrite prompt)")
+    seed: int = _opt(1, "MinHash seed")
 
     def __post_init__(self) -> None:
         for f in fields(self):
