@@ -29,7 +29,9 @@ def _prepare(argv: list[str]) -> int:
     ap.add_argument("--out", required=True, help="output directory (documents.jsonl, rejects.jsonl, report.json)")
     ap.add_argument("--shard", default=None, metavar="I/N",
                     help="process only shard I of N (round-robin by document); then run `merge --out OUT --shards N`")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ap.add_argument("--workers", type=int, default=cores,
+                    help="processes (default: the cores this process may run on, e.g. a Slurm allocation's)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     for f in dataclasses.fields(PrepareConfig):
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
