@@ -111,3 +111,12 @@ def test_lsh_bands_reach_99_percent_recall_at_the_threshold():
     # 0.85: 8 rows -> 1 - (1 - 0.85^8)^16 = 0.9938; 9 rows -> 1 - (1 - 0.85^9)^14 = 0.975 (too low)
     assert band_shape(0.85, 128) == (16, 8)
     assert band_shape(0.5, 128) == (42, 3)  # 1 - (1 - 0.5^3)^42 = 0.9963; 4 rows: 0.873
+
+
+def test_bundled_term_lists_are_package_data_of_the_promised_size():
+    from preprocessing.prepare.filters import _load_terms
+
+    for name, script in (("medical_terms_zh.txt", r"[\u4e00-\u9fff]+"), ("medical_terms_en.txt", r"[a-z0-9 \-]+")):
+        terms = _load_terms(name)
+        assert 200 <= len(terms) <= 400 and len(set(terms)) == len(terms)
+        assert all(re.fullmatch(script, t) for t in terms), name
