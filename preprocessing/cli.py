@@ -1,6 +1,7 @@
 """``python -m preprocessing <subcommand>``: the offline data jobs behind one entry point.
 
-    prepare          read, clean, filter, deduplicate and chunk corpora      (preprocessing/prepare.py)
+    prepare          read, clean, filter, deduplicate and chunk corpora      (preprocessing/prepare/)
+    prepare-merge    join the outputs of `prepare --shard i/n` (global dedup, chunking)
     rewrite          documents -> question/answer pairs via an OpenAI-compatible server (preprocessing/rewrite/)
     rewrite-merge    merge the outputs of `rewrite --shard i/n` in input order   (preprocessing/rewrite/job.py)
     train-tokenizer  a small SentencePiece tokenizer (demo / tests)           (preprocessing/train_tokenizer.py)
@@ -16,25 +17,65 @@ from typing import Callable, Optional
 
 
 def _prepare(argv: list[str]) -> int:
+    import dataclasses
+    import os
+
     from preprocessing.prepare import InputError, PrepareConfig, run
+    from preprocessing.sharding import Shard, ShardError
 
     ap = argparse.ArgumentParser(prog="python -m preprocessing prepare",
-                                 description="read, clean, filter, deduplicate and chunk corpora")
-    ap.add_argument("--sources", required=True, help="YAML/JSON list of {name, kind, lang, path, text_field, id_field}")
-    ap.add_argument("--out", required=True, help="output directory (documents.jsonl, report.json)")
-    defaults = PrepareConfig()
-    for name, value in vars(defaults).items():
-        ap.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+                                 description="read, clean, filter, deduplicate and chunk corpora (docs/preprocessing.md)")
+    ap.add_argument("--sources", required=True,
+                    help="YAML/JSON list of {name, kind, lang, path, text_field, id_field, format, split}")
+    ap.add_argument("--out", required=True, help="output directory (documents.jsonl, rejects.jsonl, report.json)")
+    ap.add_argument("--shard", default=None, metavar="I/N",
+                    help="process only shard I of N (round-robin by document); then run `prepare-merge --out OUT --shards N`")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    ap.add_argument("--workers", type=int, default=cores,
+                    help="processes (default: the cores this process may run on, e.g. a Slurm allocation's)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    for f in dataclasses.fields(PrepareConfig):
+        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
+                        help=f.metadata.get("help", "") + " (default: %(default)s)")
     args = ap.parse_args(argv)
-    cfg = PrepareConfig(**{k: getattr(args, k) for k in vars(defaults)})
     try:
-        report = run(args.sources, args.out, cfg)
-    except InputError as exc:
+        cfg = PrepareConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PrepareConfig)})
+        shard = Shard.parse(args.shard)
+        report = run(args.sources, args.out, cfg, shard=shard, workers=max(1, args.workers),
+                     progress=not args.quiet)
+    except (InputError, ShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    summary = {"read": report.read, "dropped": {k: len(v) for k, v in report.dropped.items()},
-               "kept_documents": report.kept_documents, "chunks": report.chunks}
-    print(json.dumps(summary, ensure_ascii=False))
+    if not shard.whole:
+        counts = report["counts"]
+        print(json.dumps({"shard": args.shard, "read": sum(c["read"] for c in counts.values()),
+                          "dropped": {r: sum(c["dropped"][r] for c in counts.values())
+                                      for r in next(iter(counts.values()), {"dropped": {}})["dropped"]}}))
+        print(f"shard {shard.index}/{shard.count} done; when every shard is: python -m preprocessing prepare-merge "
+              f"--out {args.out} --shards {shard.count}", file=sys.stderr)
+        return 0
+    print(json.dumps({k: report[k] for k in ("read", "dropped", "kept_documents", "chunks")}, ensure_ascii=False))
+    return 0
+
+
+def _prepare_merge(argv: list[str]) -> int:
+    from preprocessing.prepare import InputError, merge
+    from preprocessing.sharding import ShardError
+
+    ap = argparse.ArgumentParser(prog="python -m preprocessing prepare-merge",
+                                 description="join `prepare --shard i/n` outputs: global dedup, chunking, final files")
+    ap.add_argument("--out", required=True, help="the --out directory every shard wrote to")
+    ap.add_argument("--shards", type=int, required=True, help="N of the shards' --shard i/N")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    try:
+        if args.shards < 1:
+            raise ShardError(f"--shards must be at least 1, got {args.shards}")
+        report = merge(args.out, args.shards, progress=not args.quiet)
+    except (InputError, ShardError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: report[k] for k in ("read", "dropped", "kept_documents", "chunks")}, ensure_ascii=False))
     return 0
 
 
@@ -119,6 +160,7 @@ def _dataset(argv: list[str]) -> int:
 
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "prepare": _prepare,
+    "prepare-merge": _prepare_merge,
     "rewrite": _rewrite,
     "rewrite-merge": _rewrite_merge,
     "train-tokenizer": _train_tokenizer,

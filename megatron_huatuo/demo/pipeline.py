@@ -220,7 +220,7 @@ class DemoPipeline:
         self.sh("prepare", python_module("preprocessing", "prepare", "--sources", out / "sources.json", "--out", out))
         report = json.loads((out / "report.json").read_text(encoding="utf-8"))
         return {"read": sum(report["read"].values()), "kept": report["kept_documents"],
-                "dropped": {k: len(v) for k, v in report["dropped"].items()}}
+                "dropped": dict(report["dropped"])}
 
     # rewrite ---------------------------------------------------------------------------------------------------
     def rewrite_inputs(self, endpoint) -> list[Path]:

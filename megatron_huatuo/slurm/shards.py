@@ -1,6 +1,6 @@
 """``python -m megatron_huatuo.slurm shards``: a job array over ``--shard i/n`` and its dependent merge job.
 
-    python -m megatron_huatuo.slurm shards --shards 8 [--merge "preprocessing merge --out prep --shards 8"] \\
+    python -m megatron_huatuo.slurm shards --shards 8 [--merge "preprocessing prepare-merge --out prep --shards 8"] \\
         [--cpus-per-task 8] [--time 4:00:00] [--partition p] [--sbatch-arg=--mem=64G] [--dry-run] \\
         -- preprocessing prepare --sources sources.yaml --out prep
 

@@ -46,7 +46,7 @@ def shards(*args):
 
 def test_shards_array_then_dependent_merge_with_quoting_kept():
     out_dir = "/lustre/prep dir;x"
-    proc = shards("--shards", 4, "--merge", f"preprocessing merge --out '{out_dir}' --shards 4", "--dry-run",
+    proc = shards("--shards", 4, "--merge", f"preprocessing prepare-merge --out '{out_dir}' --shards 4", "--dry-run",
                   "--sbatch-arg=--mem=32G", "--", "preprocessing", "prepare", "--sources", "s.yaml", "--out", out_dir)
     assert proc.returncode == 0, proc.stderr
     _, array, merge = proc.stdout.strip().splitlines()
@@ -56,11 +56,11 @@ def test_shards_array_then_dependent_merge_with_quoting_kept():
     assert array[array.index(step) + 1:] == ["preprocessing", "prepare", "--sources", "s.yaml", "--out", out_dir,
                                              "--shard", "${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}"]
     assert "--dependency=afterok:<ARRAY_JOB_ID>" in merge
-    assert merge[merge.index(step) + 1:] == ["preprocessing", "merge", "--out", out_dir, "--shards", "4"]
+    assert merge[merge.index(step) + 1:] == ["preprocessing", "prepare-merge", "--out", out_dir, "--shards", "4"]
 
 
 def test_shards_refuses_inconsistent_requests():
-    proc = shards("--shards", 3, "--merge", "preprocessing merge --shards 2", "--dry-run", "--", "preprocessing", "x")
+    proc = shards("--shards", 3, "--merge", "preprocessing prepare-merge --shards 2", "--dry-run", "--", "preprocessing", "x")
     assert proc.returncode == 2 and "--shards 2 but the array has 3" in proc.stderr
     proc = shards("--shards", 2, "--dry-run", "--", "preprocessing", "prepare", "--shard", "0/2")
     assert proc.returncode == 2 and "must not carry --shard" in proc.stderr

@@ -8,39 +8,16 @@ the tests skip, naming the reason, where it cannot be started (not root, no apt)
 """
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from huatuo_testing import REPO_ROOT
+from slurm_harness import job_state, node_count, wait_for
 
 pytestmark = pytest.mark.slurm
-
-LOCAL_SLURM = REPO_ROOT / "scripts" / "local_slurm.sh"
-
-
-@pytest.fixture(scope="module")
-def slurm_env():
-    if os.geteuid() != 0:
-        pytest.skip("the local Slurm cluster needs root (scripts/local_slurm.sh start)")
-    was_up = subprocess.run(["bash", str(LOCAL_SLURM), "status"], capture_output=True).returncode == 0
-    # Two fake nodes (one slurmd per node name, both on 127.0.0.1) so that train.sbatch runs a real multi-node job.
-    proc = subprocess.run(["bash", str(LOCAL_SLURM), "start"], capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, SLURM_NODES="2"))
-    if proc.returncode != 0:
-        pytest.skip(f"could not start a local Slurm cluster: {proc.stderr.strip()[-400:]}")
-    match = re.search(r"export SLURM_CONF=(\S+)", proc.stdout)
-    assert match, proc.stdout
-    env = dict(os.environ, SLURM_CONF=match.group(1), HUATUO_HOME=str(REPO_ROOT),
-               HUATUO_TRAIN_MODULE="slurm.contract_trainer",
-               PYTHONPATH=f"{REPO_ROOT / 'tests'}:{REPO_ROOT}")
-    yield env
-    if not was_up:  # leave no daemons behind that this session started
-        subprocess.run(["bash", str(LOCAL_SLURM), "stop"], capture_output=True, timeout=120)
 
 
 def sbatch(env, tmp: Path, name: str, overrides: list[str]) -> str:
@@ -53,27 +30,6 @@ def sbatch(env, tmp: Path, name: str, overrides: list[str]) -> str:
         env=env, capture_output=True, text=True, check=True, cwd=tmp,
     )
     return out.stdout.strip().split(";")[0]
-
-
-def node_count(env) -> int:
-    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], env=env, capture_output=True, text=True)
-    return len(set(out.stdout.split()))
-
-
-def job_state(env, job: str) -> str:
-    out = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True)
-    match = re.search(r"JobState=(\S+)", out.stdout)
-    return match.group(1) if match else "GONE"
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_usr1_saves_requeues_and_resumes_to_the_same_loss(slurm_env, tmp_path):

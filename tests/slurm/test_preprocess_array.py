@@ -1,0 +1,53 @@
+"""The sharded preprocessing chain on a real local Slurm: ``python -m megatron_huatuo.slurm shards`` submits a
+3-task job array of ``prepare --shard i/3`` (slurm/step.sbatch) and the ``merge`` job that waits for it with
+``afterok``. The reference is the same ``prepare`` run unsharded on this machine: byte-identical outputs.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from huatuo_testing import REPO_ROOT
+from slurm_harness import job_state, wait_for
+
+pytestmark = pytest.mark.slurm
+
+DEMO_SOURCES = [("web-en", "web", "en", "web.en.jsonl"), ("web-zh", "web", "zh", "web.zh.jsonl"),
+                ("book-zh", "book", "zh", "book.zh.txt"), ("literature-en", "literature", "en", "literature.en.json")]
+
+
+def _sources(path):
+    rows = [{"name": n, "kind": k, "lang": lang, "path": str(REPO_ROOT / "demo" / "corpora" / f)}
+            for n, k, lang, f in DEMO_SOURCES]
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_prepare_array_and_merge_equal_an_unsharded_run(slurm_env, tmp_path):
+    tmp_path.chmod(0o777)
+    sources = _sources(tmp_path / "sources.json")
+    ref = tmp_path / "ref"
+    subprocess.run([sys.executable, "-m", "preprocessing", "prepare", "--sources", str(sources), "--out", str(ref),
+                    "--quiet"], cwd=REPO_ROOT, check=True, capture_output=True)
+
+    out = tmp_path / "sharded"
+    proc = subprocess.run(
+        [sys.executable, "-m", "megatron_huatuo.slurm", "shards", "--shards", "3", "--cpus-per-task", "1",
+         "--job-name", "prep", f"--sbatch-arg=--output={tmp_path}/%x-%A_%a.out", f"--sbatch-arg=--chdir={REPO_ROOT}",
+         "--merge", f"preprocessing prepare-merge --out {out} --shards 3 --quiet",
+         "--", "preprocessing", "prepare", "--sources", str(sources), "--out", str(out), "--quiet"],
+        env=slurm_env, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    merge_job = proc.stdout.strip().splitlines()[-1].split()[-1]
+    wait_for(lambda: job_state(slurm_env, merge_job) in ("COMPLETED", "FAILED", "CANCELLED", "GONE"), 240,
+             "the merge job")
+    logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("prep*.out")))
+    assert job_state(slurm_env, merge_job) in ("COMPLETED", "GONE"), logs[-3000:]
+    assert logs.count("step exited rc=0") == 4, logs[-3000:]  # three shards, then the merge
+    produced = sorted(p.name for p in ref.iterdir() if p.is_file())
+    assert "documents.jsonl" in produced
+    for name in produced:
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
