@@ -15,13 +15,14 @@ from slurm_harness import job_state, wait_for
 
 pytestmark = pytest.mark.slurm
 
-DEMO_SOURCES = [("web-en", "web", "en", "web.en.jsonl"), ("web-zh", "web", "zh", "web.zh.jsonl"),
-                ("book-zh", "book", "zh", "book.zh.txt"), ("literature-en", "literature", "en", "literature.en.json")]
-
 
 def _sources(path):
-    rows = [{"name": n, "kind": k, "lang": lang, "path": str(REPO_ROOT / "demo" / "corpora" / f)}
-            for n, k, lang, f in DEMO_SOURCES]
+    """Every bundled demo corpus (the demo's own source list), with absolute paths."""
+    from megatron_huatuo.demo.pipeline import DEMO_SOURCES
+
+    rows = [{"name": name, "kind": kind, "lang": lang, "path": str(REPO_ROOT / "demo" / rel),
+             "text_field": text_field, "id_field": id_field}
+            for name, kind, lang, rel, text_field, id_field in DEMO_SOURCES]
     path.write_text(json.dumps(rows))
     return path
 
