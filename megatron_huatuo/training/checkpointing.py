@@ -91,6 +91,15 @@ def _rng_sharded(state: Optional[dict]):
     return ShardedObject("rng_state", state, (world,), (rank,), replica_id=0)
 
 
+def _apply_model_state(loaded: dict, chunks) -> None:
+    """The inverse of :func:`model_state`: each chunk takes its loaded entry."""
+    if len(chunks) == 1:
+        chunks[0].load_state_dict(loaded["model"])
+    else:
+        for i, chunk in enumerate(chunks):
+            chunk.load_state_dict(loaded[f"model{i}"])
+
+
 def _barrier():
     if dist.is_initialized():
         dist.barrier()
@@ -207,11 +216,7 @@ def load(root: str, iteration: int, chunks, optimizer, scheduler) -> dict:
     if with_rng:
         template["rng_state"] = _rng_sharded(None)
     loaded = dist_checkpointing.load(template, path)
-    if len(chunks) == 1:
-        chunks[0].load_state_dict(loaded["model"])
-    else:
-        for i, chunk in enumerate(chunks):
-            chunk.load_state_dict(loaded[f"model{i}"])
+    _apply_model_state(loaded, chunks)
     with _torch_adam_step_kept_aside(optimizer):
         optimizer.load_state_dict(loaded["optimizer"])
     scheduler.load_state_dict(loaded["scheduler"])
@@ -220,10 +225,16 @@ def load(root: str, iteration: int, chunks, optimizer, scheduler) -> dict:
 
 
 def load_pretrained(path: str, chunks) -> None:
-    """Weights only from a dist_checkpointing directory holding ``"model"`` (CKPT's import), resharded to this layout."""
+    """Weights only from a dist_checkpointing directory (an import, or a training checkpoint's ``iter_*``),
+    resharded to this layout.
+
+    Tensors are found by their global sharded keys, not by the template's dict path, so the ``"model0"``,
+    ``"model1"`` entries of virtual pipeline chunks read an import saved under ``"model"``. All chunks are loaded
+    in ONE call: megatron-core checks that each shard of a stacked layer tensor is read once per load, and chunk
+    by chunk loads fail that check with virtual pipeline stages.
+    """
     from megatron.core import dist_checkpointing
 
     if not Path(path).is_dir():
         raise FileNotFoundError(f"checkpoint.pretrained: {path} is not a directory")
-    for chunk in chunks:  # every (virtual) stage reads its own layers from the single "model" entry
-        chunk.load_state_dict(dist_checkpointing.load({"model": chunk.sharded_state_dict()}, path)["model"])
+    _apply_model_state(dist_checkpointing.load(model_state(chunks), path), chunks)
