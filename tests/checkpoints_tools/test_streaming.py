@@ -59,6 +59,7 @@ def test_streaming_import_equals_in_memory_import(tmp_path, arch_name, dtype):
     assert info["format"] == ("baichuan2" if arch_name.startswith("tiny-baichuan") else "llama")
 
 
+@pytest.mark.slow
 def test_export_of_a_pp2_vpp2_checkpoint(tmp_path):
     """Four layers over 2 pipeline ranks x 2 virtual stages: rank 0 holds layers 0 and 2, rank 1 layers 1 and 3."""
     arch_name = "tiny-yi"
