@@ -4,8 +4,9 @@ streaming: memory holds about one tensor, never the model.
 Reading ``*.safetensors``: the header (JSON: dtype, shape, byte range per tensor) is parsed here and each tensor is
 read with ``readinto`` into a fresh buffer. Memory-mapping the files (``safe_open``) would count every page read so
 far in the process's resident set until the file is closed, so a 14 GB model would show ~14 GB RSS even though
-nothing is kept. ``pytorch_model*.bin`` (Baichuan2's released format) is read with ``torch.load(mmap=True)``, which
-has that mapped-pages effect; convert such a model once to safetensors if RSS matters.
+nothing is kept. ``pytorch_model*.bin`` (Baichuan2's released format) is opened with ``torch.load(mmap=True)`` per
+tensor: the tensor is copied out and the file mapping dropped, for the same reason (unpickling the index of a
+``.bin`` file takes milliseconds).
 
 Writing: the layout (names, shapes, dtypes) is known before any data (the caller runs its mapping on ``meta``
 tensors), so each shard's safetensors header is written first and tensors are appended as they are produced.
@@ -76,7 +77,7 @@ class HFReader:
         self._stack = ExitStack()
         self._entries: Dict[str, _Entry] = {}
         self._files: Dict[Path, BinaryIO] = {}
-        self._bins: Dict[str, dict] = {}
+        self._bins: Dict[str, Path] = {}
         files = sorted(self.dir.glob("*.safetensors"))
         if files:
             for f in files:
@@ -84,11 +85,17 @@ class HFReader:
                 self._files[f] = self._stack.enter_context(open(f, "rb", buffering=0))
         else:
             for f in sorted(self.dir.glob("pytorch_model*.bin")):
-                sd = torch.load(str(f), map_location="cpu", mmap=True, weights_only=True)
-                for k in sd:
-                    self._bins[k] = sd
+                for k in self._load_bin(f):
+                    self._bins[k] = f
         if not self._entries and not self._bins:
             raise FileNotFoundError(f"{self.dir}: no *.safetensors or pytorch_model*.bin weight files")
+
+    @staticmethod
+    def _load_bin(path: Path) -> dict:
+        try:
+            return torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+        except Exception as err:  # torch raises several types for a damaged or non-zip file
+            raise ValueError(f"{path}: cannot read as a torch checkpoint ({err})") from None
 
     @property
     def names(self) -> set:
@@ -116,10 +123,10 @@ class HFReader:
             if got != entry.length:
                 raise ValueError(f"{entry.file}: tensor {name!r} is truncated ({got} of {entry.length} bytes)")
             return out
-        sd = self._bins.get(name)
-        if sd is None:
+        path = self._bins.get(name)
+        if path is None:
             raise KeyError(f"{self.dir}: tensor {name!r} not found in the checkpoint")
-        return sd[name]
+        return self._load_bin(path)[name].clone()  # the mapping of the whole file goes with the dict
 
     def close(self) -> None:
         self._stack.close()
