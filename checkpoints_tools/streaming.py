@@ -165,6 +165,16 @@ def _unstacked(sh):
                          prepend_axis_num=0, allow_shape_mismatch=sh.allow_shape_mismatch)
 
 
+def _reshaped(loaded, shapes):
+    """``loaded`` (nested dicts/lists of tensors) with every tensor viewed in the matching shape of ``shapes``
+    (the unstacked chunks come back with their size-1 stacking axes)."""
+    if isinstance(loaded, dict):
+        return {k: _reshaped(v, shapes[k]) for k, v in loaded.items()}
+    if isinstance(loaded, list):
+        return [_reshaped(v, s) for v, s in zip(loaded, shapes)]
+    return loaded.view(shapes)
+
+
 def group_of(name: str) -> str:
     """The load group of a parameter: ``embedding``, ``layer.<i>`` or ``final`` (norm + output layer)."""
     m = _LAYER.match(name)
@@ -199,15 +209,15 @@ class GroupLoader:
         for v in subset.values():  # ShardedTensor or ShardedTensorFactory (fc1): fresh buffers, never the model's
             v.data = torch.empty(v.data.shape, dtype=v.data.dtype)
         # what dist_checkpointing.load does with factories (split, load, merge), done here so that the pieces can
-        # be loaded as plain chunks (below) and merged from our own buffers
+        # be loaded as plain chunks (below) and merged in their own shapes
         factories, _ = extract_matching_values(subset, lambda x: isinstance(x, ShardedTensorFactory))
         apply_factories(subset)
-        buffers = dict_list_map_outplace(lambda sh: sh.data, subset)
+        shapes = dict_list_map_outplace(lambda sh: tuple(sh.local_shape), subset)
         dict_list_map_inplace(_unstacked, subset)
         # a subset reads only some shards of the layer-stacked keys: megatron-core's check that every shard is
-        # accessed once describes a whole-model load, so it is off here. Loading fills the buffers in place.
-        dist_checkpointing.load({"model": subset}, self.path, validate_access_integrity=False)
-        merged = apply_factory_merges(buffers, factories)
+        # accessed once describes a whole-model load, so it is off here
+        loaded = dist_checkpointing.load({"model": subset}, self.path, validate_access_integrity=False)["model"]
+        merged = apply_factory_merges(_reshaped(loaded, shapes), factories)
         self.tensors = {k: merged[k] for k in names}
         self.current = group
 
