@@ -154,3 +154,28 @@ def streaming_and_in_memory_imports(hf_dir: str, arch_name: str, precision: str,
     streaming = load_tp1_tensors(f"{out}/streaming", arch_name, precision)
     reference = load_tp1_tensors(f"{out}/in_memory", arch_name, precision)
     return streaming, reference
+
+
+def load_pretrained_pp2_vpp2(ckpt_dir: str, arch_name: str, trainer_loader: bool) -> dict:
+    """Run in each of 2 ranks: a PP=2 x VPP=2 model loaded from ``ckpt_dir``; returns this rank's parameters by
+    global name. ``trainer_loader``: the trainer's ``checkpoint.pretrained`` loader (one load per chunk); else one
+    ``dist_checkpointing.load`` of every chunk together (``model0``, ``model1``: keys are global)."""
+    from megatron.core import dist_checkpointing
+    from megatron_huatuo.models.provider import build_model_chunks, transformer_config
+    from megatron_huatuo.runtime import initialize
+    from megatron_huatuo.training.checkpointing import load_pretrained
+
+    arch = get_arch(arch_name)
+    initialize(pipeline_parallel=2, virtual_pipeline=2, seed=9)
+    chunks = build_model_chunks(arch, transformer_config(arch, pipeline_parallel=2, virtual_pipeline=2))
+    if trainer_loader:
+        load_pretrained(ckpt_dir, chunks)
+    else:
+        loaded = dist_checkpointing.load({f"model{i}": c.sharded_state_dict() for i, c in enumerate(chunks)},
+                                         ckpt_dir)
+        for i, chunk in enumerate(chunks):
+            chunk.load_state_dict(loaded[f"model{i}"])
+    out = {}
+    for chunk in chunks:
+        out.update(_global_params(chunk))
+    return out
