@@ -108,9 +108,9 @@ def main() -> int:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     py = sys.executable
-    results = {"arch": arch.name, "parameters": arch.num_parameters(), "model_gib_bf16": arch.num_parameters() * 2 / 2**30}
-    print(f"{arch.name}: {arch.num_parameters() / 1e9:.2f} B parameters, {results['model_gib_bf16']:.2f} GiB in bf16",
-          flush=True)
+    n = arch.num_parameters()
+    results = {"arch": arch.name, "parameters": n, "model_gib_bf16": round(n * 2 / 2**30, 2)}
+    print(f"{arch.name}: {n / 1e9:.2f} B parameters, {results['model_gib_bf16']:.2f} GiB in bf16", flush=True)
     try:
         steps = []
         if args.ref_layers:
@@ -119,10 +119,12 @@ def main() -> int:
                              [py, "-c", GENERATE, arch.name, str(small / "hf"), str(args.ref_layers)]))
             # the reduced-depth arch is registered under a temporary name inside a small driver process (the CLI
             # takes registry names only)
-            for label, code in (("import streaming", "import_hf"), ("import in-memory (reference)", "import_hf_in_memory")):
-                driver = (f"import sys\nfrom checkpoints_tools import convert\nfrom megatron_huatuo.models import registry\n"
-                          f"a = registry.get_arch(sys.argv[2]).with_overrides(name='bench-depth', num_layers={args.ref_layers})\n"
-                          f"registry.ARCHS[a.name] = a\n"
+            for label, code in (("import streaming", "import_hf"),
+                                ("import in-memory (reference)", "import_hf_in_memory")):
+                driver = ("import sys\nfrom checkpoints_tools import convert\n"
+                          "from megatron_huatuo.models import registry\n"
+                          "a = registry.get_arch(sys.argv[2]).with_overrides(name='bench-depth', "
+                          f"num_layers={args.ref_layers})\nregistry.ARCHS[a.name] = a\n"
                           f"if __name__ == '__main__':\n    convert.{code}(sys.argv[1], a.name, sys.argv[3])\n")
                 out = small / ("mc_" + code)
                 steps.append(run(f"{label} ({args.ref_layers} layers)", [py, "-c", driver, str(small / "hf"),
@@ -138,8 +140,8 @@ def main() -> int:
         steps.append(run("import streaming (full)", [py, "-m", "checkpoints_tools", "import", "--hf", str(work / "hf"),
                                                       "--arch", arch.name, "--out", str(work / "mc")]))
         results["mc_gib"] = round(dir_gib(work / "mc"), 2)
-        steps.append(run("export streaming (full)", [py, "-m", "checkpoints_tools", "export", "--ckpt", str(work / "mc"),
-                                                      "--arch", arch.name, "--format", "baichuan",
+        steps.append(run("export streaming (full)", [py, "-m", "checkpoints_tools", "export", "--ckpt",
+                                                      str(work / "mc"), "--arch", arch.name, "--format", "baichuan",
                                                       "--out", str(work / "back")]))
         check = run("spot check", [py, "-c", SPOT_CHECK, str(work / "hf"), str(work / "back")])
         results["spot_check"] = "SPOT_CHECK_OK" in check["out"]

@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 import ckpt_harness as H
@@ -39,7 +38,8 @@ def tiny_tokenizer(out):
     vocab = {"[PAD]": 0, "[UNK]": 1, **{w: i + 2 for i, w in enumerate(words)}}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]").save_pretrained(out)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]")
+    fast.save_pretrained(out)
 
 
 def tampered_copy(src, dst):
@@ -59,7 +59,8 @@ def test_verify_tiny_baichuan2_7b(tmp_path):
     hf.save_pretrained(tmp_path / "llama")
     tiny_tokenizer(tmp_path / "tok")
     (tmp_path / "prompts.txt").write_text("the patient has a fever\nwhat should i do since two days cough\n\n")
-    imp = cli("import", "--hf", str(tmp_path / "baichuan"), "--arch", "tiny-baichuan2-7b", "--out", str(tmp_path / "mc"))
+    imp = cli("import", "--hf", str(tmp_path / "baichuan"), "--arch", "tiny-baichuan2-7b",
+              "--out", str(tmp_path / "mc"))
     assert imp.returncode == 0, imp.stderr[-3000:]
     args = ["--ckpt", str(tmp_path / "mc"), "--arch", "tiny-baichuan2-7b", "--prompts", str(tmp_path / "prompts.txt"),
             "--tokenizer", str(tmp_path / "tok")]
@@ -87,7 +88,8 @@ def test_verify_tiny_yi(tmp_path):
     """GQA (8 heads, 2 groups), ids given with --tokens, against the transformers Llama it came from."""
     hf = H.tiny_hf_llama("tiny-yi", seed=4)
     hf.save_pretrained(tmp_path / "hf")
-    assert cli("import", "--hf", str(tmp_path / "hf"), "--arch", "tiny-yi", "--out", str(tmp_path / "mc")).returncode == 0
+    imp = cli("import", "--hf", str(tmp_path / "hf"), "--arch", "tiny-yi", "--out", str(tmp_path / "mc"))
+    assert imp.returncode == 0, imp.stderr[-3000:]
     ok = cli("verify", "--ckpt", str(tmp_path / "mc"), "--hf", str(tmp_path / "hf"), "--arch", "tiny-yi",
              "--tokens", *map(str, range(3, 40, 3)))
     assert ok.returncode == 0, ok.stderr[-3000:]
