@@ -1,4 +1,4 @@
-"""``python -m checkpoints_tools import|export ...`` (see docs/checkpoints.md)."""
+"""``python -m checkpoints_tools import|export|verify ...`` (see docs/checkpoints.md)."""
 from __future__ import annotations
 
 import argparse
@@ -23,6 +23,18 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", choices=["llama", "baichuan"], default=None,
                      help="default: llama for RoPE archs (NormHead folded), baichuan for ALiBi")
     exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    ver = sub.add_parser("verify", help="megatron checkpoint vs exported HF model: logits on the same token ids")
+    ver.add_argument("--ckpt", required=True, help="import directory or training checkpoint.dir")
+    ver.add_argument("--hf", required=True, help="exported HF directory (Llama; Baichuan format needs its remote code)")
+    ver.add_argument("--arch", required=True)
+    src = ver.add_mutually_exclusive_group()
+    src.add_argument("--prompts", default=None, help="text file, one prompt per line (tokenised by --tokenizer)")
+    src.add_argument("--tokens", type=int, nargs="+", default=None, help="one sequence of token ids")
+    ver.add_argument("--tokenizer", default=None, help="tokenizer directory for --prompts (default: --hf)")
+    ver.add_argument("--tol", type=float, default=1e-3, help="largest allowed max abs logit difference")
+    ver.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                     help="both models run in this dtype (one model in memory at a time)")
+    ver.add_argument("--iteration", type=int, default=None)
     return p
 
 
@@ -33,6 +45,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "import":
             out = convert.import_hf(args.hf, args.arch, args.out)
+        elif args.command == "verify":
+            from checkpoints_tools import verify
+
+            opts = verify.VerifyOptions(tokens=args.tokens, prompts=args.prompts, tokenizer=args.tokenizer,
+                                        tol=args.tol, dtype=args.dtype, iteration=args.iteration)
+            result = verify.verify(args.ckpt, args.hf, args.arch, opts)
+            print(result.line(args.tol))
+            return 0 if result.passed else 1
         else:
             out = convert.export(args.ckpt, args.arch, args.out, convert.ExportOptions(
                 fmt=args.format, vocab_size=args.vocab_size, iteration=args.iteration,

@@ -23,8 +23,15 @@ def w_pack_to_qkv(arch: ArchSpec, w_pack: torch.Tensor) -> torch.Tensor:
     return llama.fuse_qkv(arch, q, k, v)
 
 
+def hf_tensor(arch: ArchSpec, get: llama.Getter, name: str) -> torch.Tensor:
+    """One megatron tensor from Baichuan's layout (see :func:`llama.hf_tensor`)."""
+    return llama.hf_tensor(arch, get, name,
+                           qkv=lambda i: w_pack_to_qkv(arch, get(f"model.layers.{i}.self_attn.W_pack.weight")))
+
+
 def hf_to_mcore(arch: ArchSpec, get: llama.Getter) -> Iterator[Tuple[str, torch.Tensor]]:
-    return llama.hf_to_mcore(arch, get, qkv=lambda i: w_pack_to_qkv(arch, get(f"model.layers.{i}.self_attn.W_pack.weight")))
+    for name in llama.mcore_names(arch):
+        yield name, hf_tensor(arch, get, name)
 
 
 def mcore_to_hf(arch: ArchSpec, get: llama.Getter) -> Iterator[Tuple[str, torch.Tensor]]:

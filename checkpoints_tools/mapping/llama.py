@@ -7,6 +7,7 @@ under ``input_layernorm`` / ``pre_mlp_layernorm`` with the local spec used by ``
 """
 from __future__ import annotations
 
+import re
 from typing import Callable, Dict, Iterator, Tuple
 
 import torch
@@ -14,6 +15,7 @@ import torch
 from megatron_huatuo.models.registry import ArchSpec
 
 Getter = Callable[[str], torch.Tensor]
+_LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
 
 
 def fuse_qkv(arch: ArchSpec, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -50,26 +52,50 @@ def _layer_pairs(i: int) -> Dict[str, str]:
     }
 
 
-def hf_to_mcore(arch: ArchSpec, get: Getter, qkv: Callable[[int], torch.Tensor] | None = None
-                ) -> Iterator[Tuple[str, torch.Tensor]]:
-    """Yield (megatron name, tensor) from HF Llama tensors read through ``get(name)``.
+def mcore_names(arch: ArchSpec) -> list:
+    """The megatron parameter names of a TP1/PP1 ``GPTModel`` of ``arch``, in model order."""
+    per_layer = ["self_attention.linear_qkv.weight", "self_attention.linear_proj.weight", "mlp.linear_fc1.weight",
+                 "mlp.linear_fc2.weight", "input_layernorm.weight", "pre_mlp_layernorm.weight"]
+    return (["embedding.word_embeddings.weight"]
+            + [f"decoder.layers.{i}.{n}" for i in range(arch.num_layers) for n in per_layer]
+            + ["decoder.final_layernorm.weight", "output_layer.weight"])
+
+
+def hf_tensor(arch: ArchSpec, get: Getter, name: str, qkv: Callable[[int], torch.Tensor] | None = None
+              ) -> torch.Tensor:
+    """The megatron tensor ``name``, built from HF Llama tensors read through ``get`` (only those it needs), so a
+    streaming writer can ask for any parameter in any order.
 
     ``qkv(i)`` may supply layer i's fused megatron QKV (Baichuan's W_pack path); by default it is built from
     q/k/v_proj. A NormHead arch stores the HF ``lm_head`` as is (normalising is idempotent).
     """
-    yield "embedding.word_embeddings.weight", get("model.embed_tokens.weight")
-    for i in range(arch.num_layers):
-        h = f"model.layers.{i}."
-        fused = qkv(i) if qkv is not None else fuse_qkv(
-            arch, get(h + "self_attn.q_proj.weight"), get(h + "self_attn.k_proj.weight"),
-            get(h + "self_attn.v_proj.weight"))
-        yield f"decoder.layers.{i}.self_attention.linear_qkv.weight", fused
-        yield f"decoder.layers.{i}.mlp.linear_fc1.weight", torch.cat(
-            [get(h + "mlp.gate_proj.weight"), get(h + "mlp.up_proj.weight")], dim=0)
-        for mname, hname in _layer_pairs(i).items():
-            yield mname, get(hname)
-    yield "decoder.final_layernorm.weight", get("model.norm.weight")
-    yield "output_layer.weight", get("lm_head.weight")
+    fixed = {"embedding.word_embeddings.weight": "model.embed_tokens.weight",
+             "decoder.final_layernorm.weight": "model.norm.weight", "output_layer.weight": "lm_head.weight"}
+    if name in fixed:
+        return get(fixed[name])
+    match = _LAYER.fullmatch(name)
+    if match is None or int(match.group(1)) >= arch.num_layers:
+        raise KeyError(f"no Hugging Face source for megatron parameter {name!r} (arch {arch.name})")
+    i, rest = int(match.group(1)), match.group(2)
+    h = f"model.layers.{i}."
+    if rest == "self_attention.linear_qkv.weight":
+        if qkv is not None:
+            return qkv(i)
+        return fuse_qkv(arch, get(h + "self_attn.q_proj.weight"), get(h + "self_attn.k_proj.weight"),
+                        get(h + "self_attn.v_proj.weight"))
+    if rest == "mlp.linear_fc1.weight":
+        return torch.cat([get(h + "mlp.gate_proj.weight"), get(h + "mlp.up_proj.weight")], dim=0)
+    pairs = _layer_pairs(i)
+    if name not in pairs:
+        raise KeyError(f"no Hugging Face source for megatron parameter {name!r} (arch {arch.name})")
+    return get(pairs[name])
+
+
+def hf_to_mcore(arch: ArchSpec, get: Getter, qkv: Callable[[int], torch.Tensor] | None = None
+                ) -> Iterator[Tuple[str, torch.Tensor]]:
+    """Yield (megatron name, tensor) for every parameter, in model order (see :func:`hf_tensor`)."""
+    for name in mcore_names(arch):
+        yield name, hf_tensor(arch, get, name, qkv)
 
 
 def mcore_to_hf(arch: ArchSpec, get: Getter, fold_norm_head: bool = True, fused_qkv: bool = False

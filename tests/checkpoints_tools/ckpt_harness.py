@@ -40,16 +40,16 @@ def save_as_baichuan(model, out: Path) -> dict:
 
 
 def megatron_logits(ckpt_dir: str, arch_name: str, tensor_parallel: int, tokens: torch.Tensor) -> torch.Tensor:
-    """Run in each spawned rank: load ``ckpt_dir`` into a TP=``tensor_parallel`` model, return full-vocab logits."""
-    from megatron.core import dist_checkpointing
+    """Run in each spawned rank: load ``ckpt_dir`` into a TP=``tensor_parallel`` model through the trainer's
+    ``checkpoint.pretrained`` loader (megatron-core's ``dist_checkpointing.load``), return full-vocab logits."""
     from megatron_huatuo.models.provider import build_model, transformer_config
     from megatron_huatuo.runtime import initialize
+    from megatron_huatuo.training.checkpointing import load_pretrained
 
     arch = get_arch(arch_name)
     initialize(tensor_parallel=tensor_parallel)
     model = build_model(arch, transformer_config(arch, tensor_parallel=tensor_parallel), parallel_output=False)
-    model.load_state_dict(dist_checkpointing.load({"model": model.sharded_state_dict()}, ckpt_dir)["model"],
-                          strict=False)
+    load_pretrained(ckpt_dir, [model])
     model.eval()
     positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
     with torch.no_grad():
@@ -79,3 +79,103 @@ def save_training_style(root: str, arch_name: str, iteration: int, tokens: torch
     positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
     with torch.no_grad():
         return model(tokens, positions, None).detach().clone()
+
+
+def load_tp1_tensors(ckpt_dir: str, arch_name: str, precision: str) -> dict:
+    """Run in one spawned rank: every parameter of a TP1/PP1 model loaded from ``ckpt_dir`` by megatron-core's
+    ``dist_checkpointing.load`` (strict: the checkpoint must hold exactly the model's keys)."""
+    from megatron.core import dist_checkpointing
+    from megatron_huatuo.models.provider import build_model, transformer_config
+    from megatron_huatuo.runtime import initialize
+
+    arch = get_arch(arch_name)
+    initialize()
+    model = build_model(arch, transformer_config(arch, precision=precision))
+    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, ckpt_dir, strict="raise_all")["model"]
+    return {k: v.detach().clone() for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+
+
+def _global_params(chunk) -> dict:
+    """A chunk's parameters keyed by TP1/PP1 names (its local layer index -> the layer's global number - 1)."""
+    out = {}
+    for name, param in chunk.named_parameters():
+        if name.startswith("decoder.layers."):
+            _, _, idx, rest = name.split(".", 3)
+            name = f"decoder.layers.{chunk.decoder.layers[int(idx)].layer_number - 1}.{rest}"
+        out[name] = param.detach().clone()
+    return out
+
+
+def save_pp2_vpp2(root: str, arch_name: str, iteration: int) -> dict:
+    """Run in each of 2 ranks: a random PP=2 x VPP=2 model (2 chunks per rank, one layer each) saved as the trainer
+    saves (``model0``/``model1`` via ``training.checkpointing.model_state``, ``iter_%07d`` + marker); returns this
+    rank's parameters by global name."""
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+    from megatron_huatuo.models.provider import build_model_chunks, transformer_config
+    from megatron_huatuo.runtime import initialize
+    from megatron_huatuo.training.checkpointing import model_state
+
+    arch = get_arch(arch_name)
+    initialize(pipeline_parallel=2, virtual_pipeline=2, seed=5)
+    chunks = build_model_chunks(arch, transformer_config(arch, pipeline_parallel=2, virtual_pipeline=2))
+    with torch.no_grad():  # norms away from 1 so a swapped norm mapping is caught
+        for chunk in chunks:
+            for name, p in chunk.named_parameters():
+                if "norm" in name:
+                    p.add_(0.1 * torch.randn_like(p))
+    target = Path(root) / f"iter_{iteration:07d}"
+    if dist.get_rank() == 0:
+        target.mkdir(parents=True)
+    dist.barrier()
+    dist_checkpointing.save({**model_state(chunks), "iteration": iteration}, str(target))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        (Path(root) / "latest_checkpointed_iteration.txt").write_text(f"{iteration}\n")
+    out = {}
+    for chunk in chunks:
+        out.update(_global_params(chunk))
+    return out
+
+
+def streaming_and_in_memory_imports(hf_dir: str, arch_name: str, precision: str, out: str) -> tuple:
+    """Run in one spawned rank: the streaming import (``out``/streaming) and the in-memory reference import
+    (``out``/in_memory) of ``hf_dir``, then both loaded by megatron-core into a TP1 model: (streaming, reference)."""
+    import os
+
+    from checkpoints_tools import convert
+    from megatron_huatuo.runtime.distributed import free_port
+
+    os.environ["MASTER_PORT"] = str(free_port())  # each call below creates and destroys its own process group
+    convert.import_hf(hf_dir, arch_name, f"{out}/streaming")
+    os.environ["MASTER_PORT"] = str(free_port())
+    convert.import_hf_in_memory(hf_dir, arch_name, f"{out}/in_memory")
+    os.environ["MASTER_PORT"] = str(free_port())
+    streaming = load_tp1_tensors(f"{out}/streaming", arch_name, precision)
+    reference = load_tp1_tensors(f"{out}/in_memory", arch_name, precision)
+    return streaming, reference
+
+
+def load_pretrained_pp2_vpp2(ckpt_dir: str, arch_name: str, trainer_loader: bool) -> dict:
+    """Run in each of 2 ranks: a PP=2 x VPP=2 model loaded from ``ckpt_dir``; returns this rank's parameters by
+    global name. ``trainer_loader``: the trainer's ``checkpoint.pretrained`` loader; else a direct
+    ``dist_checkpointing.load`` of every chunk together (``model0``, ``model1``: keys are global)."""
+    from megatron.core import dist_checkpointing
+    from megatron_huatuo.models.provider import build_model_chunks, transformer_config
+    from megatron_huatuo.runtime import initialize
+    from megatron_huatuo.training.checkpointing import load_pretrained
+
+    arch = get_arch(arch_name)
+    initialize(pipeline_parallel=2, virtual_pipeline=2, seed=9)
+    chunks = build_model_chunks(arch, transformer_config(arch, pipeline_parallel=2, virtual_pipeline=2))
+    if trainer_loader:
+        load_pretrained(ckpt_dir, chunks)
+    else:
+        loaded = dist_checkpointing.load({f"model{i}": c.sharded_state_dict() for i, c in enumerate(chunks)},
+                                         ckpt_dir)
+        for i, chunk in enumerate(chunks):
+            chunk.load_state_dict(loaded[f"model{i}"])
+    out = {}
+    for chunk in chunks:
+        out.update(_global_params(chunk))
+    return out

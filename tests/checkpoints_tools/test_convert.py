@@ -152,3 +152,36 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
                           timeout=120)
     assert proc.returncode == 2
     assert "checkpoint directory not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _ckpt_cli(*args):
+    return subprocess.run([sys.executable, "-m", "checkpoints_tools", *map(str, args)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_bad_hf_directories_are_named_and_leave_no_output(tmp_path):
+    """A missing shard, a tensor whose shape contradicts the config (found half-way through the streaming save),
+    an unknown architecture: exit 2, one line naming the file/tensor/arch, and no output directory at all."""
+    from safetensors.torch import save_file
+
+    hf = H.tiny_hf_llama("tiny-yi")
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+    shards = sorted((tmp_path / "sharded").glob("model-*.safetensors"))
+    assert len(shards) > 2
+    shards[1].unlink()
+    proc = _ckpt_cli("import", "--hf", tmp_path / "sharded", "--arch", "tiny-yi", "--out", tmp_path / "out1")
+    assert proc.returncode == 2 and shards[1].name in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "out1").exists()
+
+    hf.save_pretrained(tmp_path / "bad_shape")
+    state = load_file(str(tmp_path / "bad_shape" / "model.safetensors"))
+    last = f"model.layers.{hf.config.num_hidden_layers - 1}.mlp.down_proj.weight"
+    state[last] = state[last][:, :-1].contiguous()
+    save_file(state, str(tmp_path / "bad_shape" / "model.safetensors"), metadata={"format": "pt"})
+    proc = _ckpt_cli("import", "--hf", tmp_path / "bad_shape", "--arch", "tiny-yi", "--out", tmp_path / "out2")
+    assert proc.returncode == 2 and last in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "out2").exists() and not list(tmp_path.glob(".out2*"))
+
+    proc = _ckpt_cli("import", "--hf", tmp_path / "bad_shape", "--arch", "no-such-arch", "--out", tmp_path / "out3")
+    assert proc.returncode == 2 and "no-such-arch" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "out3").exists()
