@@ -1,4 +1,4 @@
-"""Command line: ``build`` a one-stage dataset directory, ``inspect`` one."""
+"""Command line: ``tokenize`` plain documents, ``build`` a one-stage dataset directory, ``inspect`` one."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,15 @@ from preprocessing.dataset.formats import FormatError
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m preprocessing.dataset")
     sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("tokenize", help="plain pre-training JSONL -> .bin/.idx (as Megatron-LM preprocess_data.py "
+                                        "--append-eod)")
+    t.add_argument("--input", nargs="+", required=True, help="JSONL file(s), read in the order given")
+    t.add_argument("--tokenizer", required=True, help="HF tokenizer directory or SentencePiece .model")
+    t.add_argument("--output-prefix", required=True, help="writes {prefix}_{key}_document.bin/.idx")
+    t.add_argument("--json-keys", nargs="+", default=["text"])
+    t.add_argument("--no-append-eod", dest="append_eod", action="store_false",
+                   help="do not end documents with the EOS id (Megatron-LM without --append-eod)")
+    t.add_argument("--workers", type=int, default=1, help="processes; the output is the same for any count")
     b = sub.add_parser("build", help="pairs + SFT JSONL -> tokenised one-stage dataset directory")
     b.add_argument("--pairs", action="append", default=[], help="unified pair JSONL (repeatable)")
     b.add_argument("--sft", action="append", default=[], help="ShareGPT/Alpaca/list JSONL (repeatable)")
@@ -30,7 +39,18 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if args.cmd == "build":
+        if args.cmd == "tokenize":
+            from preprocessing.dataset.tokenize import TokenizeConfig, tokenize
+
+            rep = tokenize(TokenizeConfig(inputs=args.input, tokenizer=args.tokenizer,
+                                          output_prefix=args.output_prefix, json_keys=args.json_keys,
+                                          append_eod=args.append_eod, workers=args.workers))
+            secs = max(rep["seconds"], 1e-9)
+            for key, r in rep["outputs"].items():
+                print(f"{key}: {r['documents']} documents, {r['tokens']} tokens ({rep['dtype']}) -> {r['prefix']}.bin/.idx")
+            print(f"{rep['lines'] / secs:.1f} docs/s, {rep['bytes'] / secs / 1e6:.2f} MB/s, {secs:.2f} s, "
+                  f"{rep['workers']} worker(s)")
+        elif args.cmd == "build":
             from preprocessing.dataset.build import BuildConfig, build
 
             m = build(BuildConfig(pairs=args.pairs, sft=args.sft, tokenizer=args.tokenizer,

@@ -1,0 +1,147 @@
+"""``tokenize``: plain pre-training documents (JSONL) -> megatron-core ``.bin/.idx``, no loss mask.
+
+The output is byte-identical to Megatron-LM's ``tools/preprocess_data.py --append-eod`` with its defaults
+(``--json-keys text``, no ``--split-sentences``) for the same input and tokenizer: one document per line and key,
+``{output_prefix}_{key}_document.bin/.idx``; a string value is one sequence, a list value is one sequence per
+non-empty element (Megatron-LM's pre-split sentences); the EOD (the tokenizer's EOS) is appended to the last
+sequence of every document that has tokens; a document without tokens is kept as an empty document; token dtype
+uint16 below 65,500 ids, else int32 (see :mod:`megatron_huatuo.data.tokenizer` for the tokenizer semantics).
+
+Differences that do not change the output for input Megatron-LM accepts: blank lines are skipped (Megatron-LM
+stops with a JSON error), and a bad line stops the run with ``file:line: reason``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from preprocessing.dataset.formats import FormatError
+from preprocessing.dataset.shards import (Range, ShardWriter, StreamShard, TempDir, iter_lines, line_number,
+                                          merge_stream, optimal_dtype, plan_ranges, run_ordered)
+
+
+@dataclass
+class TokenizeConfig:
+    inputs: List[str]
+    tokenizer: str
+    output_prefix: str
+    json_keys: List[str] = field(default_factory=lambda: ["text"])
+    append_eod: bool = True
+    workers: int = 1
+    batch_lines: int = 256
+
+
+def output_prefix(cfg: TokenizeConfig, key: str) -> str:
+    """Megatron-LM's naming: ``{output_prefix}_{key}_document``."""
+    return f"{cfg.output_prefix}_{key}_document"
+
+
+class _Worker:
+    """Per-process state: the tokenizer (and its segment cache) is loaded once per process."""
+
+    cfg: Optional[TokenizeConfig] = None
+    tokenizer = None
+    scratch: Optional[str] = None
+    dtype: type = None
+
+
+def _init(cfg: TokenizeConfig, scratch: str) -> None:
+    from megatron_huatuo.data.tokenizer import Tokenizer
+
+    _Worker.cfg, _Worker.scratch = cfg, scratch
+    _Worker.tokenizer = Tokenizer(cfg.tokenizer)
+    _Worker.dtype = optimal_dtype(_Worker.tokenizer.vocab_size)
+
+
+def _sentences(r: Range, offset: int, line: bytes, keys: List[str]) -> List[List[str]]:
+    try:
+        row = json.loads(line)
+        if not isinstance(row, dict):
+            raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+        out = []
+        for key in keys:
+            if key not in row:
+                raise ValueError(f"no key {key!r} (--json-keys)")
+            value = row[key]
+            sents = value if isinstance(value, list) else [value]
+            if not all(isinstance(s, str) for s in sents):
+                raise ValueError(f"{key!r} must be a string or a list of strings")
+            out.append(sents)
+        return out
+    except (ValueError, TypeError) as exc:
+        raise FormatError(f"{r.path}:{line_number(r.path, offset)}: {exc}") from None
+
+
+def _encode_range(r: Range) -> tuple:
+    cfg, tok = _Worker.cfg, _Worker.tokenizer
+    writer = ShardWriter(_Worker.scratch, r.ordinal, lambda _key: _Worker.dtype)
+    for key in cfg.json_keys:
+        writer.open_stream(key)
+    eod = tok.eos_id
+    nbytes = 0
+
+    def flush(batch: List[List[List[str]]]) -> None:
+        flat = [s for doc in batch for sents in doc for s in sents]
+        ids_iter = iter(tok.encode_batch(flat))
+        for doc in batch:
+            for key, sents in zip(cfg.json_keys, doc):
+                ids: List[int] = []
+                lens: List[int] = []
+                for _ in sents:
+                    s_ids = next(ids_iter)
+                    if s_ids:
+                        ids.extend(s_ids)
+                        lens.append(len(s_ids))
+                if ids and cfg.append_eod:
+                    ids.append(eod)
+                    lens[-1] += 1
+                writer.add_document(key, ids, lens)
+
+    batch: List[List[List[str]]] = []
+    for offset, line in iter_lines(r):
+        nbytes += len(line)
+        if not line.strip():
+            continue
+        batch.append(_sentences(r, offset, line, cfg.json_keys))
+        if len(batch) >= cfg.batch_lines:
+            flush(batch)
+            batch = []
+    flush(batch)
+    return writer.close(), nbytes
+
+
+def tokenize(cfg: TokenizeConfig) -> dict:
+    """Tokenise every input (in order) into one indexed dataset per JSON key; returns counts and timing."""
+    if cfg.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {cfg.workers}")
+    for p in cfg.inputs:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"--input {p}: no such file")
+    t0 = time.perf_counter()
+    _Worker.dtype = None
+    out = Path(cfg.output_prefix)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ranges = plan_ranges(cfg.inputs, cfg.workers)
+    with TempDir(out.parent / f".{out.name}.shards-{os.getpid()}") as scratch:
+        results = run_ordered(_encode_range, ranges, cfg.workers, initializer=_init, initargs=(cfg, str(scratch)))
+        dtype = _Worker.dtype
+        if dtype is None:  # every part ran in a worker process: learn the dtype here
+            _init(cfg, str(scratch))
+            dtype = _Worker.dtype
+        report: Dict[str, dict] = {}
+        for key in cfg.json_keys:
+            parts: List[StreamShard] = [res[0][key] for res in results]
+            final = output_prefix(cfg, key)
+            tmp = f"{final}.tmp-{os.getpid()}"
+            docs, tokens = merge_stream(parts, tmp, dtype)
+            os.replace(tmp + ".bin", final + ".bin")
+            os.replace(tmp + ".idx", final + ".idx")
+            report[key] = {"prefix": final, "documents": docs, "tokens": tokens}
+    seconds = time.perf_counter() - t0
+    nbytes = sum(res[1] for res in results)
+    return {"outputs": report, "bytes": nbytes, "seconds": seconds, "workers": cfg.workers,
+            "dtype": dtype.__name__, "lines": sum(v["documents"] for v in report.values()) // max(1, len(report))}

@@ -1,0 +1,40 @@
+"""The segment-cached SentencePiece encoder gives exactly ``sp.encode`` (fuzz over awkward whitespace/CJK/bytes)."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import sentencepiece as spm
+
+from megatron_huatuo.data.tokenizer import Tokenizer
+
+ALPHABET = list("ab cde  \n\n\t。，、；：？！（）.,;:?!▁é中文血压") + ["  ", "   ", "\u2581 ", " \u2581", "😀", "\x00", "Ω"]
+
+
+def _random_texts(seed: int, n: int):
+    rng = random.Random(seed)
+    return ["".join(rng.choice(ALPHABET) for _ in range(rng.randint(0, 40))) for _ in range(n)]
+
+
+def _check(model_path, texts):
+    sp = spm.SentencePieceProcessor(model_file=str(model_path))
+    tok = Tokenizer(model_path)
+    assert tok.encode_batch(texts) == [sp.encode(t) for t in texts]
+    assert tok.encode_batch(texts) == [sp.encode(t) for t in texts]  # second pass: all from the cache
+    assert tok.eos_id == sp.eos_id() and tok.vocab_size == sp.get_piece_size()
+
+
+def test_tiny_tokenizer_fuzz(tiny_tokenizer):
+    _check(tiny_tokenizer / "tokenizer.model", _random_texts(0, 400))
+
+
+@pytest.mark.parametrize("name", ["llama2", "baichuan2", "yi"])
+def test_real_tokenizers_fuzz_and_corpus(name):
+    from huatuo_testing import shared_file
+
+    model = shared_file(f"tokenizers/{name}/tokenizer.model")
+    texts = _random_texts(1, 300)
+    texts += json.loads(shared_file("corpora/en/pubmed_abstracts_299.json").read_text(encoding="utf-8"))[:60]
+    texts += shared_file("corpora/zh/infectious_disease_textbook.txt").read_text(encoding="utf-8").split("\n")[:200]
+    _check(model, texts)
