@@ -29,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=1234)
     b.add_argument("--template", default="huatuo", choices=["huatuo", "baichuan2", "yi"])
     b.add_argument("--out", required=True)
+    b.add_argument("--workers", type=int, default=1, help="processes; the output is the same for any count")
     i = sub.add_parser("inspect", help="per-source counts and the packed order's statistics")
     i.add_argument("dir")
     i.add_argument("--seq-length", type=int, default=None)
@@ -54,7 +55,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             from preprocessing.dataset.build import BuildConfig, build
 
             m = build(BuildConfig(pairs=args.pairs, sft=args.sft, tokenizer=args.tokenizer,
-                                  seq_length=args.seq_length, seed=args.seed, out=args.out, template=args.template))
+                                  seq_length=args.seq_length, seed=args.seed, out=args.out, template=args.template,
+                                  workers=args.workers))
             for s in m["sources"]:
                 print(f"{s['name']}: {s['documents']} documents, {s['tokens']} tokens, "
                       f"{s['trained_tokens']} trained, priority {s['priority']}, epochs {s['epochs']}")
