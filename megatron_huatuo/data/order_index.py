@@ -36,7 +36,7 @@ class OrderIndex:
     order: np.ndarray  # int64 global document ids, memory-mapped when loaded
     plan: PackPlan
     key: str
-    loaded: bool  # True when read from disk
+    built: bool  # True when computed by this process (False: an index saved earlier was mapped)
 
     @property
     def stats(self) -> dict:
@@ -70,7 +70,7 @@ def _paths(path: Path, key: str):
 def compute(sources: Sequence[dict], lengths: np.ndarray, seq_length: int, seed: int, key: str) -> OrderIndex:
     order = priority_order([s["documents"] for s in sources], [s["priority"] for s in sources],
                            [s["epochs"] for s in sources], seed)
-    return OrderIndex(order, plan_packing(lengths, order, seq_length), key, loaded=False)
+    return OrderIndex(order, plan_packing(lengths, order, seq_length), key, built=True)
 
 
 def save(path: str | Path, index: OrderIndex) -> None:
@@ -103,7 +103,7 @@ def load(path: str | Path, key: str) -> OrderIndex | None:
         return None
     if len(order) != meta["samples"] or len(starts) != meta["packed_rows"] + 1:
         return None
-    return OrderIndex(order, PackPlan(starts, int(meta["truncated"]), int(meta["tokens"])), key, loaded=True)
+    return OrderIndex(order, PackPlan(starts, int(meta["truncated"]), int(meta["tokens"])), key, built=False)
 
 
 def load_or_build(path: str | Path, sources: Sequence[dict], lengths: np.ndarray, seq_length: int,
@@ -121,7 +121,11 @@ def load_or_build(path: str | Path, sources: Sequence[dict], lengths: np.ndarray
         except OSError:
             pass  # read-only dataset directory: every rank computes its own copy
         barrier()
-        return load(path, key) or built
+        saved = load(path, key)
+        if saved is None:
+            return built
+        saved.built = True
+        return saved  # the mapped copy: the in-memory arrays are dropped
     barrier()
     return load(path, key) or compute(sources, lengths, seq_length, seed, key)
 
