@@ -34,6 +34,10 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("dir")
     i.add_argument("--seq-length", type=int, default=None)
     i.add_argument("--seed", type=int, default=None)
+    i.add_argument("--plot", metavar="OUT.png", help="PNG of each source's share per percent of training")
+    i.add_argument("--decode", metavar="ROW", type=int, action="append", default=[],
+                   help="print packed row ROW with [masked]/[trained] spans (repeatable)")
+    i.add_argument("--tokenizer", default=None, help="for --decode (default: the manifest's tokenizer)")
     return p
 
 
@@ -64,16 +68,31 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             from megatron_huatuo.data.one_stage import build_one_stage_dataset
             from megatron_huatuo.data.one_stage_format import read_manifest
+            from preprocessing.dataset import inspection
 
             m = read_manifest(args.dir)
             ds = build_one_stage_dataset(args.dir, args.seq_length or m["seq_length"],
                                          m["seed"] if args.seed is None else args.seed)
-            print(json.dumps({"sources": m["sources"], "rows": len(ds), **ds.stats()}, indent=2, ensure_ascii=False))
+            print(json.dumps({"sources": m["sources"], "rows": len(ds), **ds.stats(),
+                              "loss_mask_coverage": inspection.coverage(m)}, indent=2, ensure_ascii=False))
             names = [s["name"] for s in m["sources"]]
+            print("loss-mask coverage (trained / all tokens): "
+                  + ", ".join(f"{n} {c:.3f}" for n, c in inspection.coverage(m).items()))
             print("source share per 10 % of training:")
             print("progress " + " ".join(f"{n:>12}" for n in names))
             for b, shares in enumerate(ds.mixture(10)):
                 print(f"{b * 10:>3}-{b * 10 + 10:<4} " + " ".join(f"{shares[n]:>12.3f}" for n in names))
+            if args.plot:
+                inspection.plot_mixture(ds, args.plot)
+                print(f"wrote {args.plot}")
+            if args.decode:
+                from megatron_huatuo.data.tokenizer import Tokenizer
+
+                tok = Tokenizer(args.tokenizer or m["tokenizer"])
+                for row in args.decode:
+                    if not 0 <= row < ds.plan.num_rows:
+                        raise ValueError(f"--decode {row}: the dataset has rows 0..{ds.plan.num_rows - 1}")
+                    print(inspection.decode_row(ds, tok, row))
     except (FormatError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
