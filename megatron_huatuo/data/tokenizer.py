@@ -27,9 +27,9 @@ _CANDIDATES = " \n\t。，、；：？！（）.,;:?!"
 _CACHE_LIMIT = 2_000_000  # segments kept before the cache is cleared (bounds memory, output unaffected)
 
 
-def _char_class(c: str) -> str:
-    """Regex class of the raw characters that normalise to ``c``'s form (a space and a literal U+2581 alike)."""
-    return "[ \u2581]" if c == " " else re.escape(c)
+def _chars(c: str) -> str:
+    """Regex-class members for the raw characters that normalise to ``c``'s form (a space and U+2581 alike)."""
+    return " \u2581" if c == " " else re.escape(c)
 
 
 class _SegmentCache:
@@ -47,17 +47,21 @@ class _SegmentCache:
         exact_local = (not ns.precompiled_charsmap and not ns.remove_extra_whitespaces and ns.escape_whitespaces
                        and not proto.trainer_spec.treat_whitespace_as_suffix and proto.trainer_spec.byte_fallback)
         if exact_local:
-            pieces = [p.piece for p in proto.pieces]
-            before, after = [], []
-            for c in _CANDIDATES:
-                n = "\u2581" if c == " " else c
-                # Split before a run of c: no piece holds c after a different character.
-                if all(p[i - 1] == n for p in pieces for i in range(1, len(p)) if p[i] == n):
-                    before.append(_char_class(c))
-                # Split after a run of c: no piece holds c before a different character.
-                if all(p[i + 1] == n for p in pieces for i in range(len(p) - 1) if p[i] == n):
-                    after.append(_char_class(c))
-            alts = [f"(?<!{c})(?={c})" for c in before] + [f"(?<={c})(?!{c})" for c in after]
+            norm = {("\u2581" if c == " " else c): c for c in _CANDIDATES}
+            unsafe_before, unsafe_after = set(), set()
+            for p in (x.piece for x in proto.pieces):
+                for a, b in zip(p, p[1:]):  # adjacent characters inside one piece
+                    if a != b:
+                        if b in norm:
+                            unsafe_before.add(b)  # a piece holds b after another character
+                        if a in norm:
+                            unsafe_after.add(a)  # a piece holds a before another character
+            before = "".join(_chars(c) for n, c in norm.items() if n not in unsafe_before)
+            after = "".join(_chars(c) for n, c in norm.items() if n not in unsafe_after)
+            # Split before a run of "before" characters and after a run of "after" characters. Treating a mixed run
+            # as one run only drops split points, which is always safe; one class per side keeps the regex fast.
+            alts = ([f"(?<![{before}])(?=[{before}])"] if before else []) + \
+                   ([f"(?<=[{after}])(?![{after}])"] if after else [])
             if alts:
                 self.split = re.compile("|".join(alts))
                 ns.add_dummy_prefix = False  # segments are encoded without it; it is added to the text instead
@@ -99,13 +103,19 @@ class Tokenizer:
             self.kind = "sentencepiece"
             self.model_file = str(model_file)
             seg = _SegmentCache(str(model_file))
-            sp: spm.SentencePieceProcessor = spm.SentencePieceProcessor(model_file=str(model_file))
             self._batch: Callable[[Sequence[str]], List[List[int]]] = seg.encode_batch
-            self.eos_id = int(sp.eos_id())
-            self.vocab_size = int(sp.get_piece_size())
-            self._decode = sp.decode
-            self._piece = sp.id_to_piece
-            self._is_special = lambda i: sp.is_control(i) or sp.is_unknown(i)
+            self.eos_id = int(seg.sp.eos_id())  # ids and vocabulary do not depend on the dummy-prefix setting
+            self.vocab_size = int(seg.sp.get_piece_size())
+            self._sp = None
+
+            def processor() -> spm.SentencePieceProcessor:  # the unmodified model, loaded only to decode
+                if self._sp is None:
+                    self._sp = spm.SentencePieceProcessor(model_file=str(model_file))
+                return self._sp
+
+            self._decode = lambda ids: processor().decode(ids)
+            self._piece = lambda i: processor().id_to_piece(i)
+            self._is_special = lambda i: processor().is_control(i) or processor().is_unknown(i)
         elif path.is_dir():
             from transformers import AutoTokenizer
 
