@@ -20,16 +20,32 @@ from __future__ import annotations
 import itertools
 import re
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 # Characters tried as split points; only those the model proves safe are used.
 _CANDIDATES = " \n\t。，、；：？！（）.,;:?!"
 _CACHE_LIMIT = 2_000_000  # segments kept before the cache is cleared (bounds memory, output unaffected)
 
 
-def _chars(c: str) -> str:
-    """Regex-class members for the raw characters that normalise to ``c``'s form (a space and U+2581 alike)."""
-    return " \u2581" if c == " " else re.escape(c)
+def _raw(c: str) -> str:
+    """The raw characters that normalise to ``c``'s form (a space and a literal U+2581 alike)."""
+    return " \u2581" if c == " " else c
+
+
+def _segment_pattern(before: set, after: set) -> str:
+    """A regex whose ``findall`` cuts text before every run of ``before`` characters and after every run of
+    ``after`` characters (a mixed run counts as one run: fewer cuts, always safe).
+
+    With P = before-only, R = both, Q = after-only, N = neither, a pair x|y is a cut when x not in B and y in B, or
+    x in A and y not in A. The pairs that are not cuts are P->any, R->R|Q, N->N|Q, Q->Q, so a maximal segment is
+    ``P* (R+ | N+)? Q*`` and greedy ``findall`` returns exactly the segments, in order, covering the text.
+    """
+    cls = lambda chars: "".join(re.escape(ch) for ch in sorted(chars))  # noqa: E731
+    p, r, q = before - after, before & after, after - before
+    middle = ([f"[{cls(r)}]+"] if r else []) + [f"[^{cls(before | after)}]+"]
+    return (f"[{cls(p)}]*" if p else "") + f"(?:{'|'.join(middle)})?" + (f"[{cls(q)}]*" if q else "")
 
 
 class _SegmentCache:
@@ -43,7 +59,9 @@ class _SegmentCache:
         proto.ParseFromString(Path(model_file).read_bytes())
         ns = proto.normalizer_spec
         self.dummy_prefix = bool(ns.add_dummy_prefix)
-        self.split: Optional[re.Pattern] = None
+        self.segment: Optional[re.Pattern] = None
+        self.before: set = set()  # characters the model proves safe to cut before / after
+        self.after: set = set()
         exact_local = (not ns.precompiled_charsmap and not ns.remove_extra_whitespaces and ns.escape_whitespaces
                        and not proto.trainer_spec.treat_whitespace_as_suffix and proto.trainer_spec.byte_fallback)
         if exact_local:
@@ -56,32 +74,57 @@ class _SegmentCache:
                             unsafe_before.add(b)  # a piece holds b after another character
                         if a in norm:
                             unsafe_after.add(a)  # a piece holds a before another character
-            before = "".join(_chars(c) for n, c in norm.items() if n not in unsafe_before)
-            after = "".join(_chars(c) for n, c in norm.items() if n not in unsafe_after)
-            # Split before a run of "before" characters and after a run of "after" characters. Treating a mixed run
-            # as one run only drops split points, which is always safe; one class per side keeps the regex fast.
-            alts = ([f"(?<![{before}])(?=[{before}])"] if before else []) + \
-                   ([f"(?<=[{after}])(?![{after}])"] if after else [])
-            if alts:
-                self.split = re.compile("|".join(alts))
+            before = {r for n, c in norm.items() if n not in unsafe_before for r in _raw(c)}
+            after = {r for n, c in norm.items() if n not in unsafe_after for r in _raw(c)}
+            self.before, self.after = before, after
+            if before or after:
+                self.segment = re.compile(_segment_pattern(before, after))
                 ns.add_dummy_prefix = False  # segments are encoded without it; it is added to the text instead
         self.sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-        self.cache: Dict[str, List[int]] = {}
+        self.cache: Dict[str, bytes] = {}  # segment -> its ids as little-endian int32 bytes
 
-    def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
-        if self.split is None:
-            return [list(x) for x in self.sp.encode(list(texts), num_threads=1)] if texts else []
-        prefix = " " if self.dummy_prefix else ""
+    def segments(self, text: str) -> List[str]:
+        """The cut text (with the dummy-prefix space when the model adds one); joins back to it."""
+        return self.segment.findall((" " + text) if self.dummy_prefix and text else text)
+
+    def encode_flat(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """All texts' ids concatenated (int32) and each text's id count (int64)."""
+        if self.segment is None:
+            return _flatten([list(x) for x in self.sp.encode(list(texts), num_threads=1)] if texts else [])
         cache = self.cache
         if len(cache) > _CACHE_LIMIT:
             cache.clear()
-        segs = [self.split.split(prefix + t) if t else [] for t in texts]
-        missing = list({s for ss in segs for s in ss if s and s not in cache})
+        cache[""] = b""  # findall's empty match at the end of a text
+        prefix = " " if self.dummy_prefix else ""
+        find = self.segment.findall
+        segs = [find(prefix + t) if t else [] for t in texts]
+        every = list(itertools.chain.from_iterable(segs))
+        missing = list(set(every).difference(cache))
         if missing:
             for s, ids in zip(missing, self.sp.encode(missing, num_threads=1)):
-                cache[s] = ids
-        get = cache.__getitem__
-        return [list(itertools.chain.from_iterable(map(get, filter(None, ss)))) for ss in segs]
+                cache[s] = np.asarray(ids, dtype="<i4").tobytes()
+        blobs = list(map(cache.__getitem__, every))
+        ids = np.frombuffer(b"".join(blobs), dtype="<i4")
+        seg_lens = np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)) // 4
+        counts = np.fromiter(map(len, segs), dtype=np.int64, count=len(segs))
+        cum = np.concatenate([[0], np.cumsum(seg_lens)])
+        ends = np.cumsum(counts)
+        return ids, cum[ends] - cum[ends - counts]
+
+    def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
+        return _unflatten(*self.encode_flat(texts))
+
+
+def _flatten(lists: List[List[int]]) -> Tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+    ids = np.fromiter(itertools.chain.from_iterable(lists), dtype="<i4", count=int(lengths.sum()))
+    return ids, lengths
+
+
+def _unflatten(ids: np.ndarray, lengths: np.ndarray) -> List[List[int]]:
+    flat = ids.tolist()
+    ends = np.cumsum(lengths).tolist()
+    return [flat[a:b] for a, b in zip([0] + ends[:-1], ends)]
 
 
 class Tokenizer:
@@ -103,7 +146,9 @@ class Tokenizer:
             self.kind = "sentencepiece"
             self.model_file = str(model_file)
             seg = _SegmentCache(str(model_file))
+            self.segment_cache: Optional[_SegmentCache] = seg
             self._batch: Callable[[Sequence[str]], List[List[int]]] = seg.encode_batch
+            self._flat: Callable[[Sequence[str]], Tuple[np.ndarray, np.ndarray]] = seg.encode_flat
             self.eos_id = int(seg.sp.eos_id())  # ids and vocabulary do not depend on the dummy-prefix setting
             self.vocab_size = int(seg.sp.get_piece_size())
             self._sp = None
@@ -121,6 +166,7 @@ class Tokenizer:
 
             tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
             self.kind = "huggingface"
+            self.segment_cache = None
             self.model_file = str(path)
             if tok.eos_token_id is None:
                 raise ValueError(f"tokenizer {path}: has no EOS token")
@@ -131,6 +177,7 @@ class Tokenizer:
                 return [list(x) for x in tok(list(texts), add_special_tokens=False)["input_ids"]]
 
             self._batch = batch
+            self._flat = lambda texts: _flatten(batch(texts))
             self.eos_id = int(tok.eos_token_id)
             self.vocab_size = len(tok)
             self._decode = lambda ids: tok.decode(ids)
@@ -148,6 +195,10 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str]) -> List[List[int]]:
         """``[encode(t) for t in texts]``, in one call (one pass over the segment cache)."""
         return self._batch(texts)
+
+    def encode_flat(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+        """All texts' ids concatenated (int32 array) and each text's id count: no per-text Python lists."""
+        return self._flat(texts)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``; special tokens (EOS, BOS, unk) are shown as their piece, e.g. ``</s>``."""

@@ -111,9 +111,10 @@ class ShardWriter:
         self.dir = Path(directory)
         self.ordinal, self.dtype_of, self.flush_tokens = ordinal, dtype_of, flush_tokens
         self.dtypes: Dict[str, type] = {}
-        self._ids: Dict[str, List[int]] = {}
-        self._lens: Dict[str, List[int]] = {}
-        self._docs: Dict[str, List[int]] = {}
+        self._ids: Dict[str, List[np.ndarray]] = {}
+        self._pending: Dict[str, int] = {}
+        self._lens: Dict[str, List[np.ndarray]] = {}
+        self._docs: Dict[str, List[np.ndarray]] = {}
         self._files: Dict[str, object] = {}
 
     def open_stream(self, stream: str) -> None:
@@ -121,6 +122,7 @@ class ShardWriter:
         if stream not in self._files:
             self.dtypes[stream] = self.dtype_of(stream)
             self._ids[stream], self._lens[stream], self._docs[stream] = [], [], []
+            self._pending[stream] = 0
             self._files[stream] = open(self.bin_path(stream), "wb")
 
     def bin_path(self, stream: str) -> str:
@@ -128,28 +130,39 @@ class ShardWriter:
 
     def add_document(self, stream: str, ids: Sequence[int], sequence_lengths: Sequence[int]) -> None:
         """One document made of ``len(sequence_lengths)`` sequences whose tokens are ``ids`` (concatenated)."""
+        self.add_documents(stream, np.asarray(ids), np.asarray(sequence_lengths, dtype=np.int32),
+                           np.asarray([len(sequence_lengths)], dtype=np.int64))
+
+    def add_documents(self, stream: str, ids: np.ndarray, sequence_lengths: np.ndarray,
+                      doc_sequences: np.ndarray) -> None:
+        """Many documents: their tokens concatenated, every sequence's length, every document's sequence count."""
         if stream not in self._files:
             self.open_stream(stream)
-        buf = self._ids[stream]
-        buf.extend(ids)
-        self._lens[stream].extend(sequence_lengths)
-        self._docs[stream].append(len(sequence_lengths))
-        if len(buf) >= self.flush_tokens:
+        dtype = self.dtypes[stream]
+        if len(ids) and (int(ids.min()) < np.iinfo(dtype).min or int(ids.max()) > np.iinfo(dtype).max):
+            raise ValueError(f"token id out of range for {np.dtype(dtype).name} in stream {stream!r}")
+        self._ids[stream].append(ids.astype(dtype, copy=False))
+        self._lens[stream].append(np.asarray(sequence_lengths, dtype=np.int32))
+        self._docs[stream].append(np.asarray(doc_sequences, dtype=np.int64))
+        self._pending[stream] += len(ids)
+        if self._pending[stream] >= self.flush_tokens:
             self._flush(stream)
 
     def _flush(self, stream: str) -> None:
-        buf = self._ids[stream]
-        if buf:
-            np.asarray(buf, dtype=self.dtypes[stream]).tofile(self._files[stream])
-            buf.clear()
+        chunks = self._ids[stream]
+        if chunks:
+            np.concatenate(chunks).tofile(self._files[stream])
+            chunks.clear()
+            self._pending[stream] = 0
 
     def close(self) -> Dict[str, StreamShard]:
         out = {}
         for k, fh in self._files.items():
             self._flush(k)
             fh.close()
-            out[k] = StreamShard(self.bin_path(k), np.asarray(self._lens[k], dtype=np.int32),
-                                 np.asarray(self._docs[k], dtype=np.int64))
+            lens, docs = self._lens[k], self._docs[k]
+            out[k] = StreamShard(self.bin_path(k), np.concatenate(lens) if lens else np.zeros(0, np.int32),
+                                 np.concatenate(docs) if docs else np.zeros(0, np.int64))
         return out
 
 

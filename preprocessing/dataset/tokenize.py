@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import time
+
+import numpy as np
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -85,21 +87,29 @@ def _encode_range(r: Range) -> tuple:
     nbytes = 0
 
     def flush(batch: List[List[List[str]]]) -> None:
+        """Tokenise a batch of documents at once and hand each key's documents to the writer in bulk."""
+        if not batch:
+            return
+        # Every sentence of every (document, key), in order; then per key the same arithmetic as Megatron-LM's
+        # Encoder.encode: drop empty sentences, append the EOD to the last sentence of a non-empty document.
         flat = [s for doc in batch for sents in doc for s in sents]
-        ids_iter = iter(tok.encode_batch(flat))
-        for doc in batch:
-            for key, sents in zip(cfg.json_keys, doc):
-                ids: List[int] = []
-                lens: List[int] = []
-                for _ in sents:
-                    s_ids = next(ids_iter)
-                    if s_ids:
-                        ids.extend(s_ids)
-                        lens.append(len(s_ids))
-                if ids and cfg.append_eod:
-                    ids.append(eod)
-                    lens[-1] += 1
-                writer.add_document(key, ids, lens)
+        key_of = np.array([k for doc in batch for k, sents in enumerate(doc) for _ in sents], dtype=np.int64)
+        doc_of = np.array([d for d, doc in enumerate(batch) for sents in doc for _ in sents], dtype=np.int64)
+        ids, lens = tok.encode_flat(flat)
+        for k, key in enumerate(cfg.json_keys):
+            sel = key_of == k
+            k_ids = ids[np.repeat(sel, lens)] if len(cfg.json_keys) > 1 else ids
+            k_lens, k_doc = lens[sel], doc_of[sel]
+            nonzero = k_lens > 0
+            doc_tokens = np.bincount(k_doc, weights=k_lens, minlength=len(batch)).astype(np.int64)
+            doc_seqs = np.bincount(k_doc[nonzero], minlength=len(batch)).astype(np.int64)
+            seq_lens = k_lens[nonzero].astype(np.int32)
+            if cfg.append_eod:
+                has = doc_tokens > 0
+                ends = np.cumsum(doc_tokens)[has]  # where each non-empty document's tokens end
+                k_ids = np.insert(k_ids, ends, eod)
+                seq_lens[np.cumsum(doc_seqs)[has] - 1] += 1
+            writer.add_documents(key, k_ids, seq_lens, doc_seqs)
 
     batch: List[List[List[str]]] = []
     for offset, line in iter_lines(r):

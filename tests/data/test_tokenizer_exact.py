@@ -23,6 +23,18 @@ def _check(model_path, texts):
     assert tok.encode_batch(texts) == [sp.encode(t) for t in texts]
     assert tok.encode_batch(texts) == [sp.encode(t) for t in texts]  # second pass: all from the cache
     assert tok.eos_id == sp.eos_id() and tok.vocab_size == sp.get_piece_size()
+    ids, lengths = tok.encode_flat(texts)
+    assert lengths.tolist() == [len(sp.encode(t)) for t in texts]
+    assert ids.tolist() == [i for t in texts for i in sp.encode(t)]
+    seg = tok.segment_cache  # its cuts cover every text exactly and are all proved safe
+    assert seg.segment is not None
+    for t in texts:
+        parts = seg.segments(t)
+        assert "".join(parts) == ((" " + t) if seg.dummy_prefix and t else t)
+        for left, right in zip(parts, parts[1:]):
+            if left and right:  # every cut is one the model proved safe
+                x, y = left[-1], right[0]
+                assert (x not in seg.before and y in seg.before) or (x in seg.after and y not in seg.after), (x, y)
 
 
 def test_tiny_tokenizer_fuzz(tiny_tokenizer):
@@ -34,7 +46,7 @@ def test_real_tokenizers_fuzz_and_corpus(name):
     from huatuo_testing import shared_file
 
     model = shared_file(f"tokenizers/{name}/tokenizer.model")
-    texts = _random_texts(1, 300)
+    texts = _random_texts(1, 600)
     texts += json.loads(shared_file("corpora/en/pubmed_abstracts_299.json").read_text(encoding="utf-8"))[:60]
     texts += shared_file("corpora/zh/infectious_disease_textbook.txt").read_text(encoding="utf-8").split("\n")[:200]
     _check(model, texts)
