@@ -100,9 +100,8 @@ def build(cfg: BuildConfig) -> dict:
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     with TempDir(out.parent / f".{out.name}.shards-{os.getpid()}") as scratch:
         ranges = plan_ranges([p for p, _ in inputs], cfg.workers)
-        results = run_ordered(_encode_range, ranges, cfg.workers, initializer=_init, initargs=(cfg, str(scratch)))
-        if _Worker.tokenizer is None or _Worker.tokenizer.path != str(cfg.tokenizer):
-            _init(cfg, str(scratch))
+        _init(cfg, str(scratch))  # before the pool forks: workers inherit the loaded tokenizer
+        results = run_ordered(_encode_range, ranges, cfg.workers)
         tok = _Worker.tokenizer
         kinds = sorted({s for res in results for s in res["streams"] if not s.endswith(MASK_SUFFIX)})
         if not kinds:

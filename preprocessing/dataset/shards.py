@@ -198,15 +198,15 @@ def merge_stream(parts: Sequence[StreamShard], prefix: str | Path, dtype: type) 
     return len(per_doc), int(lengths.astype(np.int64).sum())
 
 
-def run_ordered(fn: Callable, tasks: Sequence, workers: int, initializer: Callable = None,
-                initargs: tuple = ()) -> List:
-    """``[fn(t) for t in tasks]`` on ``workers`` processes, results in task order (one process: in-process)."""
+def run_ordered(fn: Callable, tasks: Sequence, workers: int) -> List:
+    """``[fn(t) for t in tasks]`` on ``workers`` forked processes, results in task order (one: in-process).
+
+    Forked, so the workers inherit what the caller loaded (the tokenizer) instead of loading it again.
+    """
     if workers <= 1 or len(tasks) <= 1:
-        if initializer is not None:
-            initializer(*initargs)
         return [fn(t) for t in tasks]
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(min(workers, len(tasks)), initializer=initializer, initargs=initargs) as pool:
+    with ctx.Pool(min(workers, len(tasks))) as pool:
         return list(pool.imap(fn, tasks, chunksize=1))
 
 

@@ -43,7 +43,7 @@ def output_prefix(cfg: TokenizeConfig, key: str) -> str:
 
 
 class _Worker:
-    """Per-process state: the tokenizer (and its segment cache) is loaded once per process."""
+    """Worker state: loaded once by the parent before forking; workers inherit it (and grow their own cache)."""
 
     cfg: Optional[TokenizeConfig] = None
     tokenizer = None
@@ -132,16 +132,13 @@ def tokenize(cfg: TokenizeConfig) -> dict:
         if not Path(p).is_file():
             raise FileNotFoundError(f"--input {p}: no such file")
     t0 = time.perf_counter()
-    _Worker.dtype = None
     out = Path(cfg.output_prefix)
     out.parent.mkdir(parents=True, exist_ok=True)
     ranges = plan_ranges(cfg.inputs, cfg.workers)
     with TempDir(out.parent / f".{out.name}.shards-{os.getpid()}") as scratch:
-        results = run_ordered(_encode_range, ranges, cfg.workers, initializer=_init, initargs=(cfg, str(scratch)))
+        _init(cfg, str(scratch))  # before the pool forks: workers inherit the loaded tokenizer
+        results = run_ordered(_encode_range, ranges, cfg.workers)
         dtype = _Worker.dtype
-        if dtype is None:  # every part ran in a worker process: learn the dtype here
-            _init(cfg, str(scratch))
-            dtype = _Worker.dtype
         report: Dict[str, dict] = {}
         for key in cfg.json_keys:
             parts: List[StreamShard] = [res[0][key] for res in results]

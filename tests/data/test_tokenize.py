@@ -121,3 +121,18 @@ def test_cli_names_bad_line_and_leaves_no_output(tmp_path, tiny_tokenizer):
                            "--tokenizer", str(tiny_tokenizer), "--output-prefix", str(tmp_path / "out"),
                            "--json-keys", "body"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and "bad.jsonl:1: no key 'body'" in proc.stderr
+
+
+def test_trainer_reads_tokenized_documents(tmp_path, tiny_tokenizer):
+    """The ``data.type: indexed`` dataset of the trainer reads the output: rows are the EOD-separated stream."""
+    from megatron_huatuo.data.indexed import IndexedDocumentsDataset
+
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_tokenizer / "tokenizer.model"))
+    docs = ["高血压怎么办？限盐、控制体重。" * 3, "Hypertension: reduce salt.", "多运动。"]
+    tokenize(TokenizeConfig([str(_write(tmp_path / "in.jsonl", docs))], str(tiny_tokenizer), str(tmp_path / "c")))
+    stream = [t for d in docs for t in sp.encode(d) + [sp.eos_id()]]
+    ds = IndexedDocumentsDataset([str(tmp_path / "c_text_document")], seq_length=8)
+    assert len(ds) == (len(stream) - 1) // 8
+    for i in range(len(ds)):
+        assert ds[i]["tokens"].tolist() == stream[i * 8:i * 8 + 8]
+        assert ds[i]["labels"].tolist() == stream[i * 8 + 1:i * 8 + 9]
