@@ -147,23 +147,30 @@ def main() -> None:
                     best[name] = (*best[name][:2], min(cpu, best[name][2]))
         line = {"workers": w}
         for name, (wall, work, cpu) in best.items():
-            net = max(cpu - fixed[name], 1e-9)
+            net = cpu - fixed[name]
+            # CPU of start-up varies by about a second between runs: below that the net figure means nothing.
+            net = net if net > max(1.0, 0.25 * fixed[name]) else None
             line[name] = {"wall_s": wall, "work_s": work, "docs_per_s": n_docs / work, "mb_per_s": n_bytes / 1e6 / work,
-                          "cpu_s": cpu, "cpu_net_s": net, "mb_per_cpu_s": n_bytes / 1e6 / net}
+                          "cpu_s": cpu, "cpu_fixed_s": fixed[name], "cpu_net_s": net,
+                          "mb_per_cpu_s": n_bytes / 1e6 / net if net else None}
         if "megatron" in best:
             line["identical"] = same(args.workdir / f"ours_w{w}", args.workdir / f"megatron_w{w}")
             line["ratio_work"] = line["megatron"]["work_s"] / line["ours"]["work_s"]
             line["ratio_wall"] = line["megatron"]["wall_s"] / line["ours"]["wall_s"]
-            line["ratio_cpu"] = line["megatron"]["cpu_net_s"] / line["ours"]["cpu_net_s"]
+            nets = (line["megatron"]["cpu_net_s"], line["ours"]["cpu_net_s"])
+            line["ratio_cpu"] = nets[0] / nets[1] if all(nets) else None
         rows.append(line)
         for name in best:
             r = line[name]
+            cpu = (f"net {r['cpu_net_s']:6.1f} s, {r['mb_per_cpu_s']:5.2f} MB per CPU-s" if r["cpu_net_s"]
+                   else "net n/a (start-up CPU dominates; use a larger --target-mb)")
             print(f"workers {w} {name:>8}: wall {r['wall_s']:6.1f} s, work {r['work_s']:6.1f} s, "
-                  f"{r['docs_per_s']:7.0f} docs/s, {r['mb_per_s']:6.2f} MB/s (work); CPU {r['cpu_s']:6.1f} s, "
-                  f"net {r['cpu_net_s']:6.1f} s, {r['mb_per_cpu_s']:5.2f} MB per CPU-s")
+                  f"{r['docs_per_s']:7.0f} docs/s, {r['mb_per_s']:6.2f} MB/s (work); CPU {r['cpu_s']:6.1f} s "
+                  f"(start-up {r['cpu_fixed_s']:.1f} s), {cpu}")
         if "megatron" in best:
             print(f"workers {w}: byte-identical .bin/.idx: {line['identical']}; speed ratio megatron/ours: "
-                  f"work {line['ratio_work']:.2f}x, wall {line['ratio_wall']:.2f}x, CPU net {line['ratio_cpu']:.2f}x")
+                  f"work {line['ratio_work']:.2f}x, wall {line['ratio_wall']:.2f}x, CPU net "
+                  + (f"{line['ratio_cpu']:.2f}x" if line["ratio_cpu"] else "n/a"))
     if len(args.workers) > 1:
         base = args.workdir / f"ours_w{args.workers[0]}"
         print("ours identical across worker counts: "

@@ -50,3 +50,21 @@ def test_real_tokenizers_fuzz_and_corpus(name):
     texts += json.loads(shared_file("corpora/en/pubmed_abstracts_299.json").read_text(encoding="utf-8"))[:60]
     texts += shared_file("corpora/zh/infectious_disease_textbook.txt").read_text(encoding="utf-8").split("\n")[:200]
     _check(model, texts)
+
+
+def test_model_that_could_act_across_cuts_is_encoded_whole(tiny_tokenizer, tmp_path):
+    """Whitespace removal rewrites text across cut points: the encoder must not cut (and stays exact)."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString((tiny_tokenizer / "tokenizer.model").read_bytes())
+    proto.normalizer_spec.remove_extra_whitespaces = True
+    model = tmp_path / "rmws.model"
+    model.write_bytes(proto.SerializeToString())
+    tok = Tokenizer(model)
+    assert tok.segment_cache.segment is None
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    texts = _random_texts(2, 200)
+    assert tok.encode_batch(texts) == [sp.encode(t) for t in texts]
+    ids, lengths = tok.encode_flat(texts)
+    assert lengths.tolist() == [len(sp.encode(t)) for t in texts]
