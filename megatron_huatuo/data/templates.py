@@ -68,10 +68,21 @@ def render(turns: Sequence[Turn], template: Template) -> List[Tuple[str, bool]]:
 
 def encode_conversation(turns: Sequence[Turn], tokenizer: Tokenizer, template: Template) -> Tuple[List[int], List[int]]:
     """Token ids and per-token loss mask (1 = trained target) of one conversation."""
-    ids: List[int] = []
-    mask: List[int] = []
-    for text, trained in render(turns, template):
-        piece = [tokenizer.eos_id] if text is None else tokenizer.encode(text)
-        ids.extend(piece)
-        mask.extend([int(trained)] * len(piece))
-    return ids, mask
+    return encode_conversations([turns], tokenizer, template)[0]
+
+
+def encode_conversations(conversations: Sequence[Sequence[Turn]], tokenizer: Tokenizer,
+                         template: Template) -> List[Tuple[List[int], List[int]]]:
+    """:func:`encode_conversation` of many conversations with one tokenizer call (its per-call cost is paid once)."""
+    rendered = [render(turns, template) for turns in conversations]
+    encoded = iter(tokenizer.encode_batch([text for pieces in rendered for text, _ in pieces if text]))
+    out = []
+    for pieces in rendered:
+        ids: List[int] = []
+        mask: List[int] = []
+        for text, trained in pieces:
+            piece = [tokenizer.eos_id] if text is None else next(encoded) if text else []
+            ids.extend(piece)
+            mask.extend([int(trained)] * len(piece))
+        out.append((ids, mask))
+    return out

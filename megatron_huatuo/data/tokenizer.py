@@ -27,6 +27,13 @@ import numpy as np
 # Characters tried as split points; only those the model proves safe are used.
 _CANDIDATES = " \n\t。，、；：？！（）.,;:?!"
 _CACHE_LIMIT = 2_000_000  # segments kept before the cache is cleared (bounds memory, output unaffected)
+_BATCH_MIN = 128  # SentencePiece's list encode starts a thread pool per call: below this, one call per text
+
+
+def _sp_encode(sp, texts: List[str]) -> List[List[int]]:
+    if len(texts) >= _BATCH_MIN:
+        return sp.encode(texts, num_threads=1)
+    return [sp.encode(t) for t in texts]
 
 
 def _raw(c: str) -> str:
@@ -90,7 +97,7 @@ class _SegmentCache:
     def encode_flat(self, texts: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
         """All texts' ids concatenated (int32) and each text's id count (int64)."""
         if self.segment is None:
-            return _flatten([list(x) for x in self.sp.encode(list(texts), num_threads=1)] if texts else [])
+            return _flatten([list(x) for x in _sp_encode(self.sp, list(texts))])
         cache = self.cache
         if len(cache) > _CACHE_LIMIT:
             cache.clear()
@@ -101,7 +108,7 @@ class _SegmentCache:
         every = list(itertools.chain.from_iterable(segs))
         missing = list(set(every).difference(cache))
         if missing:
-            for s, ids in zip(missing, self.sp.encode(missing, num_threads=1)):
+            for s, ids in zip(missing, _sp_encode(self.sp, missing)):
                 cache[s] = np.asarray(ids, dtype="<i4").tobytes()
         blobs = list(map(cache.__getitem__, every))
         ids = np.frombuffer(b"".join(blobs), dtype="<i4")

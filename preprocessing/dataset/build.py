@@ -10,6 +10,7 @@ run leaves no partial dataset and a rerun produces byte-identical files.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ import numpy as np
 
 from megatron_huatuo.data.one_stage_format import FORMAT_VERSION, MANIFEST, MASK_SUFFIX
 from megatron_huatuo.data.priority import PrioritySettings
-from megatron_huatuo.data.templates import Template, Tokenizer, encode_conversation, get_template
+from megatron_huatuo.data.templates import Template, Tokenizer, encode_conversations, get_template
 from preprocessing.dataset.formats import FormatError, parse_line
 from preprocessing.dataset.shards import (Range, ShardWriter, TempDir, iter_lines, line_number, merge_stream,
                                           optimal_dtype, plan_ranges, run_ordered)
@@ -59,11 +60,30 @@ def _dtype_of(stream: str) -> type:
     return np.uint8 if stream.endswith(MASK_SUFFIX) else optimal_dtype(_Worker.tokenizer.vocab_size)
 
 
-def _encode_range(r: Range) -> dict:
+def _encode_range(r: Range, batch_rows: int = 256) -> dict:
     tok, template, role = _Worker.tokenizer, _Worker.template, _Worker.roles[r.path]
     writer = ShardWriter(_Worker.scratch, r.ordinal, _dtype_of)
     trained: Dict[str, int] = defaultdict(int)
     rows = 0
+    kinds: List[str] = []
+    convs: List[list] = []
+
+    def flush() -> None:
+        by_kind: Dict[str, list] = defaultdict(list)  # documents of each kind, in input order
+        for kind, doc in zip(kinds, encode_conversations(convs, tok, template)):
+            by_kind[kind].append(doc)
+        for kind, docs in by_kind.items():
+            lengths = np.fromiter((len(ids) for ids, _ in docs), dtype=np.int32, count=len(docs))
+            total = int(lengths.sum())
+            ids = np.fromiter(itertools.chain.from_iterable(d[0] for d in docs), dtype=np.int64, count=total)
+            mask = np.fromiter(itertools.chain.from_iterable(d[1] for d in docs), dtype=np.uint8, count=total)
+            ones = np.ones(len(docs), dtype=np.int64)  # one sequence per document
+            writer.add_documents(kind, ids, lengths, ones)
+            writer.add_documents(kind + MASK_SUFFIX, mask, lengths, ones)
+            trained[kind] += int(mask.sum())
+        kinds.clear()
+        convs.clear()
+
     for offset, line in iter_lines(r):
         if not line.strip():
             continue
@@ -74,11 +94,12 @@ def _encode_range(r: Range) -> dict:
                 raise ValueError("pairs rows need a non-empty 'kind'")
         except (ValueError, TypeError) as exc:
             raise FormatError(f"{r.path}:{line_number(r.path, offset)}: {exc}") from None
-        ids, mask = encode_conversation(turns, tok, template)
-        writer.add_document(kind, ids, [len(ids)])
-        writer.add_document(kind + MASK_SUFFIX, mask, [len(mask)])
-        trained[kind] += sum(mask)
+        kinds.append(kind)
+        convs.append(turns)
         rows += 1
+        if len(convs) >= batch_rows:
+            flush()
+    flush()
     return {"path": r.path, "rows": rows, "trained": dict(trained), "streams": writer.close()}
 
 
