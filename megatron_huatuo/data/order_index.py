@@ -115,7 +115,11 @@ def load_or_build(path: str | Path, sources: Sequence[dict], lengths: np.ndarray
         return found
     rank, barrier = _dist()
     if rank == 0:
-        built = compute(sources, lengths, seq_length, seed, key)
+        try:
+            built = compute(sources, lengths, seq_length, seed, key)
+        except Exception:
+            barrier()  # release the other ranks: they compute, fail the same way and report it themselves
+            raise
         try:
             save(path, built)
         except OSError:

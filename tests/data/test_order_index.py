@@ -83,3 +83,47 @@ def test_key_covers_the_document_lengths_and_priorities(built, tmp_path):
         assert order_index.load(out, key) is not None
     finally:
         meta.write_text(text)
+
+
+def _rank(rank, world, store, out, queue):
+    import datetime
+    import traceback
+
+    import torch.distributed as dist
+
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=60))
+        ds = build_one_stage_dataset(str(out), 256, seed=21)
+        queue.put((rank, ds.index.built, isinstance(ds.order, np.memmap), np.asarray(ds.order).tolist()))
+        dist.destroy_process_group()
+    except BaseException:
+        queue.put((rank, "error", traceback.format_exc(), None))
+
+
+def test_rank_zero_builds_and_the_other_rank_maps_it(built, tmp_path):
+    """Two gloo ranks, a seed nobody saved yet: rank 0 computes and saves, rank 1 waits and maps the same order."""
+    import multiprocessing as mp
+
+    out, manifest = built
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_rank, args=(r, 2, tmp_path / "store", out, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    import queue as queue_mod
+
+    try:
+        results = sorted((queue.get(timeout=180) for _ in procs), key=lambda r: r[0])
+    except queue_mod.Empty:
+        pytest.fail(f"a rank reported nothing within 180 s; exit codes {[p.exitcode for p in procs]}")
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+    errors = [r[2] for r in results if r[1] == "error"]
+    assert not errors, errors[0]
+    (_, built0, mapped0, order0), (_, built1, mapped1, order1) = results
+    assert built0 and not built1 and mapped0 and mapped1
+    assert order0 == order1 == _reference_rows(out, manifest, 256, 21)[0].tolist()
