@@ -1,9 +1,10 @@
 """The trainer's view of a one-stage dataset directory: priority-ordered, packed rows per the sample contract.
 
 ``build_one_stage_dataset(path, seq_length, seed)`` reads the directory with megatron-core's ``IndexedDataset``,
-draws the priority order (:mod:`megatron_huatuo.data.priority`) for ``seed``, packs it greedily
-(:mod:`megatron_huatuo.data.packing`) and serves row ``i`` (wrapping when ``num_samples`` exceeds the row count).
-Everything is a pure function of the files and the seed, so every rank, and every resumed run, sees the same rows.
+memory-maps the saved priority order and packing plan for ``seed`` and ``seq_length``
+(:mod:`megatron_huatuo.data.order_index`; built and saved once when missing) and serves row ``i`` (wrapping when
+``num_samples`` exceeds the row count). Everything is a pure function of the files and the seed, so every rank,
+and every resumed run, sees the same rows.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from torch.utils.data import Dataset
 
 from megatron_huatuo.data.one_stage_format import MASK_SUFFIX, read_manifest
-from megatron_huatuo.data.packing import PackPlan, pack_row, plan_packing
-from megatron_huatuo.data.priority import priority_order
+from megatron_huatuo.data.order_index import load_or_build
+from megatron_huatuo.data.packing import PackPlan, pack_row
 
 
 class OneStageDataset(Dataset):
@@ -41,12 +42,12 @@ class OneStageDataset(Dataset):
         sizes = [len(t) for t in self.tokens]
         self.offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
-        self.order = priority_order(sizes, [s["priority"] for s in self.sources], [s["epochs"] for s in self.sources],
-                                    seed)
-        self.plan: PackPlan = plan_packing(self.lengths, self.order, seq_length)
-        if not self.plan.rows:
+        self.index = load_or_build(self.path, self.sources, self.lengths, seq_length, seed)
+        self.order: np.ndarray = self.index.order
+        self.plan: PackPlan = self.index.plan
+        if self.plan.num_rows == 0:
             raise ValueError(f"{self.path}: no samples to pack")
-        self.num_samples = num_samples if num_samples else len(self.plan.rows)
+        self.num_samples = num_samples if num_samples else self.plan.num_rows
 
     def __len__(self) -> int:
         return self.num_samples
@@ -61,8 +62,12 @@ class OneStageDataset(Dataset):
         return self.sources[int(np.searchsorted(self.offsets, gid, side="right") - 1)]["name"]
 
     def __getitem__(self, i: int) -> Dict:
-        row = self.plan.rows[i % len(self.plan.rows)]
-        return pack_row([self.document(int(self.order[j])) for j in row], self.seq_length, self.pad_id, self.isolate)
+        return pack_row([self.document(g) for g in self.row_documents(i)], self.seq_length, self.pad_id, self.isolate)
+
+    def row_documents(self, i: int) -> list:
+        """Global document ids packed into row ``i`` (wrapping), in order."""
+        r = i % self.plan.num_rows
+        return [int(g) for g in self.order[int(self.plan.row_starts[r]):int(self.plan.row_starts[r + 1])]]
 
     def mixture(self, buckets: int = 10) -> List[Dict[str, float]]:
         """Share of each source in each ``1/buckets`` of the training order (what the priority schedule does)."""
@@ -75,7 +80,7 @@ class OneStageDataset(Dataset):
         return table
 
     def stats(self) -> dict:
-        return {"samples": int(len(self.order)), "packed_rows": len(self.plan.rows),
+        return {"samples": int(len(self.order)), "packed_rows": self.plan.num_rows,
                 "truncated": self.plan.truncated, "padding_ratio": round(self.plan.padding_ratio(self.seq_length), 4)}
 
 

@@ -17,34 +17,46 @@ import torch
 
 @dataclass
 class PackPlan:
-    rows: List[np.ndarray]  # per row, positions into ``order`` (so repeated epochs of a sample stay distinct)
+    """Row ``r`` holds the samples at positions ``row_starts[r] .. row_starts[r+1]-1`` of the order (greedy packing
+    consumes the order in contiguous runs, so one offset per row describes the whole plan)."""
+
+    row_starts: np.ndarray  # int64, rows + 1 entries
     truncated: int  # samples cut to seq_length
     tokens: int  # real tokens placed (after truncation)
 
+    @property
+    def num_rows(self) -> int:
+        return len(self.row_starts) - 1
+
+    def positions(self, row: int) -> np.ndarray:
+        """Positions into ``order`` of row ``row``."""
+        return np.arange(self.row_starts[row], self.row_starts[row + 1], dtype=np.int64)
+
+    @property
+    def rows(self) -> List[np.ndarray]:
+        """Every row's positions (small plans and tests; large ones use :meth:`positions`)."""
+        return [self.positions(r) for r in range(self.num_rows)]
+
     def padding_ratio(self, seq_length: int) -> float:
-        total = len(self.rows) * seq_length
+        total = self.num_rows * seq_length
         return 1.0 - self.tokens / total if total else 0.0
 
 
 def plan_packing(lengths: Sequence[int], order: Sequence[int], seq_length: int) -> PackPlan:
     """Greedy rows over ``order`` (sample ids into ``lengths``); rows hold positions into ``order``."""
-    rows: List[np.ndarray] = []
-    current: List[int] = []
-    used = truncated = tokens = 0
-    for pos, sid in enumerate(order):
-        n = int(lengths[sid])
-        if n > seq_length:
-            truncated += 1
-            n = seq_length
-        if current and used + n > seq_length:
-            rows.append(np.asarray(current, dtype=np.int64))
-            current, used = [], 0
-        current.append(pos)
+    lens = np.minimum(np.asarray(lengths, dtype=np.int64)[np.asarray(order, dtype=np.int64)], seq_length)
+    truncated = int((np.asarray(lengths, dtype=np.int64)[np.asarray(order, dtype=np.int64)] > seq_length).sum())
+    starts: List[int] = []
+    used = seq_length + 1  # forces a new row at the first sample
+    for pos, n in enumerate(lens.tolist()):
+        if used + n > seq_length:
+            starts.append(pos)
+            used = 0
         used += n
-        tokens += n
-    if current:
-        rows.append(np.asarray(current, dtype=np.int64))
-    return PackPlan(rows, truncated, tokens)
+    starts.append(len(lens))
+    if len(lens) == 0:
+        starts = [0]
+    return PackPlan(np.asarray(starts, dtype=np.int64), truncated, int(lens.sum()))
 
 
 def pack_row(samples: Sequence[tuple], seq_length: int, pad_id: int, isolate: bool = True) -> dict:

@@ -13,44 +13,11 @@ turn as EOS; we instead insert a real EOS after every answer (trained), which ke
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
+
+from megatron_huatuo.data.tokenizer import Tokenizer  # noqa: F401  (re-exported: the one tokenizer class)
 
 Turn = Tuple[str, str]  # (role "user"|"assistant", text)
-
-
-class Tokenizer:
-    """Text -> ids without special tokens, plus the EOS id; from a SentencePiece ``.model`` or an HF directory."""
-
-    def __init__(self, path: str | Path):
-        path = Path(path)
-        self.path = str(path)
-        model_file = path if path.is_file() else path / "tokenizer.model"
-        if path.is_file() or (model_file.exists() and not (path / "tokenizer.json").exists()):
-            import sentencepiece as spm
-
-            if not model_file.exists():
-                raise FileNotFoundError(f"tokenizer: no SentencePiece model at {model_file}")
-            sp = spm.SentencePieceProcessor(model_file=str(model_file))
-            self._encode: Callable[[str], List[int]] = lambda text: sp.encode(text)
-            self.eos_id = int(sp.eos_id())
-            self.vocab_size = int(sp.get_piece_size())
-        elif path.is_dir():
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
-            self._encode = lambda text: tok.encode(text, add_special_tokens=False)
-            if tok.eos_token_id is None:
-                raise ValueError(f"tokenizer {path}: has no EOS token")
-            self.eos_id = int(tok.eos_token_id)
-            self.vocab_size = len(tok)
-        else:
-            raise FileNotFoundError(f"tokenizer: {path} is neither a .model file nor a directory")
-        if self.eos_id < 0:
-            raise ValueError(f"tokenizer {path}: has no EOS token")
-
-    def encode(self, text: str) -> List[int]:
-        return list(self._encode(text)) if text else []
 
 
 @dataclass(frozen=True)
@@ -101,10 +68,21 @@ def render(turns: Sequence[Turn], template: Template) -> List[Tuple[str, bool]]:
 
 def encode_conversation(turns: Sequence[Turn], tokenizer: Tokenizer, template: Template) -> Tuple[List[int], List[int]]:
     """Token ids and per-token loss mask (1 = trained target) of one conversation."""
-    ids: List[int] = []
-    mask: List[int] = []
-    for text, trained in render(turns, template):
-        piece = [tokenizer.eos_id] if text is None else tokenizer.encode(text)
-        ids.extend(piece)
-        mask.extend([int(trained)] * len(piece))
-    return ids, mask
+    return encode_conversations([turns], tokenizer, template)[0]
+
+
+def encode_conversations(conversations: Sequence[Sequence[Turn]], tokenizer: Tokenizer,
+                         template: Template) -> List[Tuple[List[int], List[int]]]:
+    """:func:`encode_conversation` of many conversations with one tokenizer call (its per-call cost is paid once)."""
+    rendered = [render(turns, template) for turns in conversations]
+    encoded = iter(tokenizer.encode_batch([text for pieces in rendered for text, _ in pieces if text]))
+    out = []
+    for pieces in rendered:
+        ids: List[int] = []
+        mask: List[int] = []
+        for text, trained in pieces:
+            piece = [tokenizer.eos_id] if text is None else next(encoded) if text else []
+            ids.extend(piece)
+            mask.extend([int(trained)] * len(piece))
+        out.append((ids, mask))
+    return out

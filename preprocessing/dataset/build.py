@@ -1,27 +1,32 @@
 """``build``: pairs + SFT dialogues -> a one-stage dataset directory (see ``megatron_huatuo.data.one_stage_format``).
 
 Rows are grouped into sources by kind (pairs rows' ``kind``; every SFT row is kind ``sft``), kept in input
-order, formatted with the chat template and written with megatron-core's ``IndexedDatasetBuilder``. Output is
-written into a temporary sibling directory and renamed into place, so a killed run leaves no partial dataset
-and a rerun produces byte-identical files.
+order, formatted with the chat template and written as megatron-core indexed datasets (tokens + loss mask).
+``workers`` processes tokenise line-aligned byte ranges of the inputs into shards that are merged in input order
+(:mod:`preprocessing.dataset.shards`), so the files are identical for any worker count. The priority order and
+packing plan for the manifest's seed and ``seq_length`` are saved too (``order_index/``), so training maps them
+instead of recomputing them. Output is written into a temporary sibling directory and renamed into place: a killed
+run leaves no partial dataset and a rerun produces byte-identical files.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
-import torch
-from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
 from megatron_huatuo.data.one_stage_format import FORMAT_VERSION, MANIFEST, MASK_SUFFIX
 from megatron_huatuo.data.priority import PrioritySettings
-from megatron_huatuo.data.templates import Tokenizer, encode_conversation, get_template
-from preprocessing.dataset.formats import FormatError, read_rows
+from megatron_huatuo.data.templates import Template, Tokenizer, encode_conversations, get_template
+from preprocessing.dataset.formats import FormatError, parse_line
+from preprocessing.dataset.shards import (Range, ShardWriter, TempDir, iter_lines, line_number, merge_stream,
+                                          optimal_dtype, plan_ranges, run_ordered)
 
 
 @dataclass
@@ -34,60 +39,123 @@ class BuildConfig:
     out: str
     template: str = "huatuo"
     priority: PrioritySettings = field(default_factory=PrioritySettings)
+    workers: int = 1
+
+
+class _Worker:
+    tokenizer: Optional[Tokenizer] = None
+    template: Optional[Template] = None
+    roles: Dict[str, str] = {}
+    scratch: str = ""
+
+
+def _init(cfg: BuildConfig, scratch: str) -> None:
+    _Worker.tokenizer = Tokenizer(cfg.tokenizer)
+    _Worker.template = get_template(cfg.template)
+    _Worker.roles = {**{str(p): "pairs" for p in cfg.pairs}, **{str(p): "sft" for p in cfg.sft}}
+    _Worker.scratch = scratch
+
+
+def _dtype_of(stream: str) -> type:
+    return np.uint8 if stream.endswith(MASK_SUFFIX) else optimal_dtype(_Worker.tokenizer.vocab_size)
+
+
+def _encode_range(r: Range, batch_rows: int = 256) -> dict:
+    tok, template, role = _Worker.tokenizer, _Worker.template, _Worker.roles[r.path]
+    writer = ShardWriter(_Worker.scratch, r.ordinal, _dtype_of)
+    trained: Dict[str, int] = defaultdict(int)
+    rows = 0
+    kinds: List[str] = []
+    convs: List[list] = []
+
+    def flush() -> None:
+        by_kind: Dict[str, list] = defaultdict(list)  # documents of each kind, in input order
+        for kind, doc in zip(kinds, encode_conversations(convs, tok, template)):
+            by_kind[kind].append(doc)
+        for kind, docs in by_kind.items():
+            lengths = np.fromiter((len(ids) for ids, _ in docs), dtype=np.int32, count=len(docs))
+            total = int(lengths.sum())
+            ids = np.fromiter(itertools.chain.from_iterable(d[0] for d in docs), dtype=np.int64, count=total)
+            mask = np.fromiter(itertools.chain.from_iterable(d[1] for d in docs), dtype=np.uint8, count=total)
+            ones = np.ones(len(docs), dtype=np.int64)  # one sequence per document
+            writer.add_documents(kind, ids, lengths, ones)
+            writer.add_documents(kind + MASK_SUFFIX, mask, lengths, ones)
+            trained[kind] += int(mask.sum())
+        kinds.clear()
+        convs.clear()
+
+    for offset, line in iter_lines(r):
+        if not line.strip():
+            continue
+        try:
+            row, turns = parse_line(line)
+            kind = "sft" if role == "sft" else row.get("kind") if isinstance(row, dict) else None
+            if not isinstance(kind, str) or not kind:
+                raise ValueError("pairs rows need a non-empty 'kind'")
+        except (ValueError, TypeError) as exc:
+            raise FormatError(f"{r.path}:{line_number(r.path, offset)}: {exc}") from None
+        kinds.append(kind)
+        convs.append(turns)
+        rows += 1
+        if len(convs) >= batch_rows:
+            flush()
+    flush()
+    return {"path": r.path, "rows": rows, "trained": dict(trained), "streams": writer.close()}
 
 
 def build(cfg: BuildConfig) -> dict:
     """Write the directory; returns the manifest."""
     if cfg.seq_length < 2:
         raise ValueError(f"--seq-length must be >= 2, got {cfg.seq_length}")
-    tok = Tokenizer(cfg.tokenizer)
+    if cfg.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {cfg.workers}")
     template = get_template(cfg.template)
-    docs: Dict[str, List[tuple]] = {}
-    inputs = []
-    for kind_of_file, files in (("pairs", cfg.pairs), ("sft", cfg.sft)):
-        for path in files:
-            rows = 0
-            for lineno, row, turns in read_rows(path):
-                kind = "sft" if kind_of_file == "sft" else row.get("kind") if isinstance(row, dict) else None
-                if not isinstance(kind, str) or not kind:
-                    raise FormatError(f"{path}:{lineno}: pairs rows need a non-empty 'kind'")
-                docs.setdefault(kind, []).append(encode_conversation(turns, tok, template))
-                rows += 1
-            inputs.append({"path": str(path), "role": kind_of_file, "rows": rows})
-    if not docs:
-        raise ValueError("no rows in any input file")
-
+    inputs = [(str(p), "pairs") for p in cfg.pairs] + [(str(p), "sft") for p in cfg.sft]
+    for path, _ in inputs:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"input {path}: no such file")
+    if len({p for p, _ in inputs}) != len(inputs):
+        raise ValueError("an input file is given twice")
     out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    dtype = DType.optimal_dtype(tok.vocab_size)
-    sources = []
-    for kind in sorted(docs):  # sorted: independent of input-file order of kinds
-        prefix = kind
-        tb = IndexedDatasetBuilder(str(tmp / f"{prefix}.bin"), dtype=dtype)
-        mb = IndexedDatasetBuilder(str(tmp / f"{prefix}{MASK_SUFFIX}.bin"), dtype=np.uint8)
-        tokens = trained = 0
-        for ids, mask in docs[kind]:
-            tb.add_item(torch.tensor(ids, dtype=torch.int64))
-            tb.end_document()
-            mb.add_item(torch.tensor(mask, dtype=torch.uint8))
-            mb.end_document()
-            tokens += len(ids)
-            trained += int(sum(mask))
-        tb.finalize(str(tmp / f"{prefix}.idx"))
-        mb.finalize(str(tmp / f"{prefix}{MASK_SUFFIX}.idx"))
-        sources.append({"name": kind, "kind": kind, "prefix": prefix, "documents": len(docs[kind]),
-                        "tokens": tokens, "trained_tokens": trained,
-                        "priority": cfg.priority.priority(kind), "epochs": cfg.priority.epoch_count(kind)})
+    with TempDir(out.parent / f".{out.name}.shards-{os.getpid()}") as scratch:
+        ranges = plan_ranges([p for p, _ in inputs], cfg.workers)
+        _init(cfg, str(scratch))  # before the pool forks: workers inherit the loaded tokenizer
+        results = run_ordered(_encode_range, ranges, cfg.workers)
+        tok = _Worker.tokenizer
+        kinds = sorted({s for res in results for s in res["streams"] if not s.endswith(MASK_SUFFIX)})
+        if not kinds:
+            raise ValueError("no rows in any input file")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        sources, lengths = [], []
+        for kind in kinds:  # sorted: independent of input-file order of kinds
+            tok_parts = [res["streams"][kind] for res in results if kind in res["streams"]]
+            mask_parts = [res["streams"][kind + MASK_SUFFIX] for res in results if kind in res["streams"]]
+            docs, tokens = merge_stream(tok_parts, tmp / kind, optimal_dtype(tok.vocab_size))
+            merge_stream(mask_parts, tmp / f"{kind}{MASK_SUFFIX}", np.uint8)
+            lengths.extend(p.sequence_lengths for p in tok_parts)
+            sources.append({"name": kind, "kind": kind, "prefix": kind, "documents": docs, "tokens": tokens,
+                            "trained_tokens": sum(res["trained"].get(kind, 0) for res in results),
+                            "priority": cfg.priority.priority(kind), "epochs": cfg.priority.epoch_count(kind)})
+    rows_per_file: Dict[str, int] = defaultdict(int)
+    for res in results:
+        rows_per_file[res["path"]] += res["rows"]
     manifest = {"format_version": FORMAT_VERSION, "tokenizer": str(cfg.tokenizer), "template": template.name,
                 "seq_length": cfg.seq_length, "seed": cfg.seed, "eos_id": tok.eos_id, "vocab_size": tok.vocab_size,
-                "inputs": inputs, "sources": sources,
+                "inputs": [{"path": p, "role": role, "rows": rows_per_file[p]} for p, role in inputs],
+                "sources": sources,
                 "priority": {"method": "weighted permutation without replacement (exponential keys)",
                              "priorities": cfg.priority.priorities, "epochs": cfg.priority.epochs}}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=True) + "\n",
                                 encoding="utf-8")
+    from megatron_huatuo.data import order_index
+
+    all_lengths = np.concatenate(lengths).astype(np.int64)
+    key = order_index.index_key(tmp, sources, cfg.seq_length, cfg.seed)
+    order_index.save(tmp, order_index.compute(sources, all_lengths, cfg.seq_length, cfg.seed, key))
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

@@ -1,4 +1,4 @@
-"""Command line: ``build`` a one-stage dataset directory, ``inspect`` one."""
+"""Command line: ``tokenize`` plain documents, ``build`` a one-stage dataset directory, ``inspect`` one."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,15 @@ from preprocessing.dataset.formats import FormatError
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m preprocessing.dataset")
     sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("tokenize", help="plain pre-training JSONL -> .bin/.idx (as Megatron-LM preprocess_data.py "
+                                        "--append-eod)")
+    t.add_argument("--input", nargs="+", required=True, help="JSONL file(s), read in the order given")
+    t.add_argument("--tokenizer", required=True, help="HF tokenizer directory or SentencePiece .model")
+    t.add_argument("--output-prefix", required=True, help="writes {prefix}_{key}_document.bin/.idx")
+    t.add_argument("--json-keys", nargs="+", default=["text"])
+    t.add_argument("--no-append-eod", dest="append_eod", action="store_false",
+                   help="do not end documents with the EOS id (Megatron-LM without --append-eod)")
+    t.add_argument("--workers", type=int, default=1, help="processes; the output is the same for any count")
     b = sub.add_parser("build", help="pairs + SFT JSONL -> tokenised one-stage dataset directory")
     b.add_argument("--pairs", action="append", default=[], help="unified pair JSONL (repeatable)")
     b.add_argument("--sft", action="append", default=[], help="ShareGPT/Alpaca/list JSONL (repeatable)")
@@ -20,21 +29,38 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=1234)
     b.add_argument("--template", default="huatuo", choices=["huatuo", "baichuan2", "yi"])
     b.add_argument("--out", required=True)
+    b.add_argument("--workers", type=int, default=1, help="processes; the output is the same for any count")
     i = sub.add_parser("inspect", help="per-source counts and the packed order's statistics")
     i.add_argument("dir")
     i.add_argument("--seq-length", type=int, default=None)
     i.add_argument("--seed", type=int, default=None)
+    i.add_argument("--plot", metavar="OUT.png", help="PNG of each source's share per percent of training")
+    i.add_argument("--decode", metavar="ROW", type=int, action="append", default=[],
+                   help="print packed row ROW with [masked]/[trained] spans (repeatable)")
+    i.add_argument("--tokenizer", default=None, help="for --decode (default: the manifest's tokenizer)")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if args.cmd == "build":
+        if args.cmd == "tokenize":
+            from preprocessing.dataset.tokenize import TokenizeConfig, tokenize
+
+            rep = tokenize(TokenizeConfig(inputs=args.input, tokenizer=args.tokenizer,
+                                          output_prefix=args.output_prefix, json_keys=args.json_keys,
+                                          append_eod=args.append_eod, workers=args.workers))
+            secs = max(rep["seconds"], 1e-9)
+            for key, r in rep["outputs"].items():
+                print(f"{key}: {r['documents']} documents, {r['tokens']} tokens ({rep['dtype']}) -> {r['prefix']}.bin/.idx")
+            print(f"{rep['lines'] / secs:.1f} docs/s, {rep['bytes'] / secs / 1e6:.2f} MB/s, {secs:.2f} s, "
+                  f"{rep['workers']} worker(s)")
+        elif args.cmd == "build":
             from preprocessing.dataset.build import BuildConfig, build
 
             m = build(BuildConfig(pairs=args.pairs, sft=args.sft, tokenizer=args.tokenizer,
-                                  seq_length=args.seq_length, seed=args.seed, out=args.out, template=args.template))
+                                  seq_length=args.seq_length, seed=args.seed, out=args.out, template=args.template,
+                                  workers=args.workers))
             for s in m["sources"]:
                 print(f"{s['name']}: {s['documents']} documents, {s['tokens']} tokens, "
                       f"{s['trained_tokens']} trained, priority {s['priority']}, epochs {s['epochs']}")
@@ -42,16 +68,31 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             from megatron_huatuo.data.one_stage import build_one_stage_dataset
             from megatron_huatuo.data.one_stage_format import read_manifest
+            from preprocessing.dataset import inspection
 
             m = read_manifest(args.dir)
             ds = build_one_stage_dataset(args.dir, args.seq_length or m["seq_length"],
                                          m["seed"] if args.seed is None else args.seed)
-            print(json.dumps({"sources": m["sources"], "rows": len(ds), **ds.stats()}, indent=2, ensure_ascii=False))
+            print(json.dumps({"sources": m["sources"], "rows": len(ds), **ds.stats(),
+                              "loss_mask_coverage": inspection.coverage(m)}, indent=2, ensure_ascii=False))
             names = [s["name"] for s in m["sources"]]
+            print("loss-mask coverage (trained / all tokens): "
+                  + ", ".join(f"{n} {c:.3f}" for n, c in inspection.coverage(m).items()))
             print("source share per 10 % of training:")
             print("progress " + " ".join(f"{n:>12}" for n in names))
             for b, shares in enumerate(ds.mixture(10)):
                 print(f"{b * 10:>3}-{b * 10 + 10:<4} " + " ".join(f"{shares[n]:>12.3f}" for n in names))
+            if args.plot:
+                inspection.plot_mixture(ds, args.plot)
+                print(f"wrote {args.plot}")
+            if args.decode:
+                from megatron_huatuo.data.tokenizer import Tokenizer
+
+                tok = Tokenizer(args.tokenizer or m["tokenizer"])
+                for row in args.decode:
+                    if not 0 <= row < ds.plan.num_rows:
+                        raise ValueError(f"--decode {row}: the dataset has rows 0..{ds.plan.num_rows - 1}")
+                    print(inspection.decode_row(ds, tok, row))
     except (FormatError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

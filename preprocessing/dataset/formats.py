@@ -56,6 +56,12 @@ def to_turns(row: Any) -> List[Turn]:
     raise ValueError("unrecognised row: expected question/answer, conversations, instruction/output or a list")
 
 
+def parse_line(line: str | bytes) -> Tuple[dict | list, List[Turn]]:
+    """(raw row, turns) of one JSON line; raises ValueError/TypeError saying what is wrong."""
+    row = json.loads(line)
+    return row, to_turns(row)
+
+
 def read_rows(path: str | Path) -> Iterator[Tuple[int, dict | list, List[Turn]]]:
     """(line number, raw row, turns) per non-empty line; errors name ``file:line``."""
     path = Path(path)
@@ -64,7 +70,6 @@ def read_rows(path: str | Path) -> Iterator[Tuple[int, dict | list, List[Turn]]]
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-                yield lineno, row, to_turns(row)
+                yield (lineno, *parse_line(line))
             except (ValueError, TypeError) as exc:
                 raise FormatError(f"{path}:{lineno}: {exc}") from exc

@@ -5,7 +5,6 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
@@ -52,13 +51,27 @@ def test_rerun_after_a_killed_run_is_byte_identical(tmp_path, tiny_tokenizer, da
     cmd = [sys.executable, "-m", "preprocessing.dataset", "build", "--pairs", str(PAIRS), "--sft", str(SFT),
            "--tokenizer", str(tiny_tokenizer), "--seq-length", "512", "--seed", "7", "--out", str(out)]
     subprocess.run(cmd, check=True, cwd=REPO_ROOT, capture_output=True)
-    names = sorted(p.name for p in dataset_dir.iterdir())
-    assert names == sorted(p.name for p in out.iterdir())
-    for name in names:
-        if name != "manifest.json":
-            assert (out / name).read_bytes() == (dataset_dir / name).read_bytes(), name
+    _assert_same_files(out, dataset_dir)
     a, b = (json.loads((d / "manifest.json").read_text()) for d in (out, dataset_dir))
     assert a["sources"] == b["sources"]
+
+
+def _assert_same_files(a, b):
+    names = sorted(str(p.relative_to(b)) for p in b.rglob("*") if p.is_file())
+    assert names == sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file())
+    assert any(n.startswith("order_index/") for n in names)
+    for name in names:
+        if name != "manifest.json":
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+def test_any_worker_count_gives_the_same_files(tmp_path, tiny_tokenizer, dataset_dir, monkeypatch):
+    from preprocessing.dataset import shards
+
+    monkeypatch.setattr(shards, "MIN_RANGE_BYTES", 4096)  # many small ranges, so shards really are merged
+    assert len(shards.plan_ranges([str(PAIRS), str(SFT)], 3)) > 6
+    build(BuildConfig([str(PAIRS)], [str(SFT)], str(tiny_tokenizer), 512, 7, str(tmp_path / "w3"), workers=3))
+    _assert_same_files(tmp_path / "w3", dataset_dir)
 
 
 def test_packed_rows_follow_the_contract_and_the_priority_order(dataset_dir):
@@ -72,7 +85,7 @@ def test_packed_rows_follow_the_contract_and_the_priority_order(dataset_dir):
         seg = row["segment_ids"]
         for j in range(int(seg.max()) + 1):
             idx = (seg == j).nonzero().flatten()
-            gid = int(ds.order[ds.plan.rows[i][j]])
+            gid = ds.row_documents(i)[j]
             tokens, mask = ds.document(gid)
             n = len(idx)
             assert row["tokens"][idx].tolist() == tokens[:n].tolist()
