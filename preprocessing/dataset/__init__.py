@@ -1,1 +1,2 @@
-"""One-stage dataset preparation: conversation formats, chat templates, tokenised .bin/.idx with loss masks."""
+"""Dataset preparation: plain documents -> Megatron .bin/.idx (``tokenize``); pairs + SFT -> the one-stage
+directory with loss masks and the saved priority order (``build``); ``inspect``. See ``docs/dataset.md``."""

@@ -1,4 +1,4 @@
-"""``python -m preprocessing.dataset build ...`` (see ``docs/dataset.md``)."""
+"""``python -m preprocessing.dataset tokenize|build|inspect ...`` (see ``docs/dataset.md``)."""
 from preprocessing.dataset.cli import main
 
 if __name__ == "__main__":
