@@ -58,12 +58,11 @@ def _prepare(argv: list[str]) -> int:
     return 0
 
 
-def _prepare_merge(argv: list[str]) -> int:
-    from preprocessing.prepare import InputError, merge
+def _shard_merge(argv: list[str], name: str, description: str, run: Callable, errors: tuple) -> int:
+    """The ``*-merge`` subcommands: same arguments, same error handling; ``run(out, shards, progress)`` -> summary."""
     from preprocessing.sharding import ShardError
 
-    ap = argparse.ArgumentParser(prog="python -m preprocessing prepare-merge",
-                                 description="join `prepare --shard i/n` outputs: global dedup, chunking, final files")
+    ap = argparse.ArgumentParser(prog=f"python -m preprocessing {name}", description=description)
     ap.add_argument("--out", required=True, help="the --out directory every shard wrote to")
     ap.add_argument("--shards", type=int, required=True, help="N of the shards' --shard i/N")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -71,12 +70,23 @@ def _prepare_merge(argv: list[str]) -> int:
     try:
         if args.shards < 1:
             raise ShardError(f"--shards must be at least 1, got {args.shards}")
-        report = merge(args.out, args.shards, progress=not args.quiet)
-    except (InputError, ShardError) as exc:
+        summary = run(args.out, args.shards, not args.quiet)
+    except (ShardError, *errors) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({k: report[k] for k in ("read", "dropped", "kept_documents", "chunks")}, ensure_ascii=False))
+    print(json.dumps(summary, ensure_ascii=False, sort_keys=True))
     return 0
+
+
+def _prepare_merge(argv: list[str]) -> int:
+    from preprocessing.prepare import InputError, merge
+
+    def run(out, shards, progress):
+        report = merge(out, shards, progress=progress)
+        return {k: report[k] for k in ("read", "dropped", "kept_documents", "chunks")}
+
+    return _shard_merge(argv, "prepare-merge", "join `prepare --shard i/n` outputs: global dedup, chunking, final files",
+                        run, (InputError,))
 
 
 def _int_or_none(text: str) -> Optional[int]:
@@ -130,20 +140,9 @@ def _rewrite(argv: list[str]) -> int:
 
 def _rewrite_merge(argv: list[str]) -> int:
     from preprocessing.rewrite import merge_shards
-    from preprocessing.sharding import ShardError
 
-    ap = argparse.ArgumentParser(prog="python -m preprocessing rewrite-merge",
-                                 description="merge the outputs of `rewrite --shard i/n` (i = 0..n-1) in input order")
-    ap.add_argument("--out", required=True, help="the --out directory the shards wrote into")
-    ap.add_argument("--shards", type=int, required=True, help="n")
-    args = ap.parse_args(argv)
-    try:
-        summary = merge_shards(args.out, args.shards)
-    except ShardError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, ensure_ascii=False, sort_keys=True))
-    return 0
+    return _shard_merge(argv, "rewrite-merge", "merge the outputs of `rewrite --shard i/n` (i = 0..n-1) in input order",
+                        lambda out, shards, progress: merge_shards(out, shards), ())
 
 
 def _train_tokenizer(argv: list[str]) -> int:

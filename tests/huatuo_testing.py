@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_PAIRS = REPO_ROOT / "demo" / "rewritten" / "pairs.jsonl"  # the bundled rewritten pairs
+DEMO_SFT_EN = REPO_ROOT / "demo" / "sft" / "dialogues.en.sharegpt.jsonl"  # the bundled English SFT dialogues
 
 
 def shared_data_dir() -> Path:

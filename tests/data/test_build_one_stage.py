@@ -10,20 +10,12 @@ import sentencepiece as spm
 import torch
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-from huatuo_testing import REPO_ROOT
+from huatuo_testing import DEMO_PAIRS, DEMO_SFT_EN, REPO_ROOT
 from megatron_huatuo.data.one_stage import build_one_stage_dataset
 from megatron_huatuo.data.sample import SAMPLE_KEYS
 from preprocessing.dataset.build import BuildConfig, build
 
-PAIRS = REPO_ROOT / "demo" / "rewritten" / "pairs.jsonl"
-SFT = REPO_ROOT / "demo" / "sft" / "dialogues.en.sharegpt.jsonl"
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory, tiny_tokenizer):
-    out = tmp_path_factory.mktemp("ds") / "ds"
-    build(BuildConfig([str(PAIRS)], [str(SFT)], str(tiny_tokenizer), 512, 7, str(out)))
-    return out
+PAIRS, SFT = DEMO_PAIRS, DEMO_SFT_EN
 
 
 def test_files_read_back_with_megatron_core(dataset_dir, tiny_tokenizer):

@@ -6,22 +6,10 @@ import json
 import pytest
 import sentencepiece as spm
 
-from huatuo_testing import REPO_ROOT
 from megatron_huatuo.data.one_stage import build_one_stage_dataset
 from megatron_huatuo.data.tokenizer import Tokenizer
-from preprocessing.dataset.build import BuildConfig, build
 from preprocessing.dataset.cli import main
 from preprocessing.dataset.inspection import mark_spans
-
-PAIRS = REPO_ROOT / "demo" / "rewritten" / "pairs.jsonl"
-SFT = REPO_ROOT / "demo" / "sft" / "dialogues.en.sharegpt.jsonl"
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory, tiny_tokenizer):
-    out = tmp_path_factory.mktemp("insp") / "ds"
-    build(BuildConfig([str(PAIRS)], [str(SFT)], str(tiny_tokenizer), 512, 3, str(out)))
-    return out
 
 
 def test_mark_spans_by_hand(tiny_tokenizer):
@@ -41,7 +29,8 @@ def test_mark_spans_by_hand(tiny_tokenizer):
 
 def test_decode_row_marks_each_answer_exactly(dataset_dir, tiny_tokenizer, capsys):
     sp = spm.SentencePieceProcessor(model_file=str(tiny_tokenizer / "tokenizer.model"))
-    ds = build_one_stage_dataset(str(dataset_dir), 512, seed=3)
+    seed = json.loads((dataset_dir / "manifest.json").read_text())["seed"]
+    ds = build_one_stage_dataset(str(dataset_dir), 512, seed=seed)
     assert main(["inspect", str(dataset_dir), "--decode", "0"]) == 0
     out = capsys.readouterr().out
     samples = out.split("--- row 0 sample ")[1:]
