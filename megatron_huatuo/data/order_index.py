@@ -108,13 +108,19 @@ def load(path: str | Path, key: str) -> OrderIndex | None:
 
 def load_or_build(path: str | Path, sources: Sequence[dict], lengths: np.ndarray, seq_length: int,
                   seed: int) -> OrderIndex:
-    """Map the saved index, or build it (rank 0 builds and saves when ``torch.distributed`` is initialised)."""
+    """Map the saved index, or build it (rank 0 builds and saves when ``torch.distributed`` is initialised).
+
+    Every rank passes exactly one barrier, whatever it finds on disk: only rank 0 looks before the barrier, so a
+    fast rank 0 that saves the index cannot make a slower rank skip the barrier rank 0 waits in.
+    """
     key = index_key(path, sources, seq_length, seed)
-    found = load(path, key)
-    if found is not None:
-        return found
     rank, barrier = _dist()
+    built = None
     if rank == 0:
+        found = load(path, key)
+        if found is not None:
+            barrier()
+            return found
         try:
             built = compute(sources, lengths, seq_length, seed, key)
         except Exception:
@@ -124,14 +130,12 @@ def load_or_build(path: str | Path, sources: Sequence[dict], lengths: np.ndarray
             save(path, built)
         except OSError:
             pass  # read-only dataset directory: every rank computes its own copy
-        barrier()
-        saved = load(path, key)
-        if saved is None:
-            return built
-        saved.built = True
-        return saved  # the mapped copy: the in-memory arrays are dropped
     barrier()
-    return load(path, key) or compute(sources, lengths, seq_length, seed, key)
+    saved = load(path, key)
+    if saved is None:
+        return built if built is not None else compute(sources, lengths, seq_length, seed, key)
+    saved.built = built is not None
+    return saved  # the mapped copy: the in-memory arrays are dropped
 
 
 def _dist():

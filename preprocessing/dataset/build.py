@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from megatron_huatuo.atomic import atomic_directory
 from megatron_huatuo.data.one_stage_format import FORMAT_VERSION, MANIFEST, MASK_SUFFIX
 from megatron_huatuo.data.priority import PrioritySettings
 from megatron_huatuo.data.templates import Template, Tokenizer, encode_conversations, get_template
@@ -118,45 +118,39 @@ def build(cfg: BuildConfig) -> dict:
         raise ValueError("an input file is given twice")
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    with TempDir(out.parent / f".{out.name}.shards-{os.getpid()}") as scratch:
-        ranges = plan_ranges([p for p, _ in inputs], cfg.workers)
-        _init(cfg, str(scratch))  # before the pool forks: workers inherit the loaded tokenizer
-        results = run_ordered(_encode_range, ranges, cfg.workers)
-        tok = _Worker.tokenizer
-        kinds = sorted({s for res in results for s in res["streams"] if not s.endswith(MASK_SUFFIX)})
-        if not kinds:
-            raise ValueError("no rows in any input file")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        sources, lengths = [], []
-        for kind in kinds:  # sorted: independent of input-file order of kinds
-            tok_parts = [res["streams"][kind] for res in results if kind in res["streams"]]
-            mask_parts = [res["streams"][kind + MASK_SUFFIX] for res in results if kind in res["streams"]]
-            docs, tokens = merge_stream(tok_parts, tmp / kind, optimal_dtype(tok.vocab_size))
-            merge_stream(mask_parts, tmp / f"{kind}{MASK_SUFFIX}", np.uint8)
-            lengths.extend(p.sequence_lengths for p in tok_parts)
-            sources.append({"name": kind, "kind": kind, "prefix": kind, "documents": docs, "tokens": tokens,
-                            "trained_tokens": sum(res["trained"].get(kind, 0) for res in results),
-                            "priority": cfg.priority.priority(kind), "epochs": cfg.priority.epoch_count(kind)})
-    rows_per_file: Dict[str, int] = defaultdict(int)
-    for res in results:
-        rows_per_file[res["path"]] += res["rows"]
-    manifest = {"format_version": FORMAT_VERSION, "tokenizer": str(cfg.tokenizer), "template": template.name,
-                "seq_length": cfg.seq_length, "seed": cfg.seed, "eos_id": tok.eos_id, "vocab_size": tok.vocab_size,
-                "inputs": [{"path": p, "role": role, "rows": rows_per_file[p]} for p, role in inputs],
-                "sources": sources,
-                "priority": {"method": "weighted permutation without replacement (exponential keys)",
-                             "priorities": cfg.priority.priorities, "epochs": cfg.priority.epochs}}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=True) + "\n",
-                                encoding="utf-8")
-    from megatron_huatuo.data import order_index
+    with atomic_directory(out, replace=True) as tmp:  # the whole directory or none, also on errors
+        with TempDir(out.parent / f".{out.name}.shards-{os.getpid()}") as scratch:
+            ranges = plan_ranges([p for p, _ in inputs], cfg.workers)
+            _init(cfg, str(scratch))  # before the pool forks: workers inherit the loaded tokenizer
+            results = run_ordered(_encode_range, ranges, cfg.workers)
+            tok = _Worker.tokenizer
+            kinds = sorted({s for res in results for s in res["streams"] if not s.endswith(MASK_SUFFIX)})
+            if not kinds:
+                raise ValueError("no rows in any input file")
+            sources, lengths = [], []
+            for kind in kinds:  # sorted: independent of input-file order of kinds
+                tok_parts = [res["streams"][kind] for res in results if kind in res["streams"]]
+                mask_parts = [res["streams"][kind + MASK_SUFFIX] for res in results if kind in res["streams"]]
+                docs, tokens = merge_stream(tok_parts, tmp / kind, optimal_dtype(tok.vocab_size))
+                merge_stream(mask_parts, tmp / f"{kind}{MASK_SUFFIX}", np.uint8)
+                lengths.extend(p.sequence_lengths for p in tok_parts)
+                sources.append({"name": kind, "kind": kind, "prefix": kind, "documents": docs, "tokens": tokens,
+                                "trained_tokens": sum(res["trained"].get(kind, 0) for res in results),
+                                "priority": cfg.priority.priority(kind), "epochs": cfg.priority.epoch_count(kind)})
+        rows_per_file: Dict[str, int] = defaultdict(int)
+        for res in results:
+            rows_per_file[res["path"]] += res["rows"]
+        manifest = {"format_version": FORMAT_VERSION, "tokenizer": str(cfg.tokenizer), "template": template.name,
+                    "seq_length": cfg.seq_length, "seed": cfg.seed, "eos_id": tok.eos_id, "vocab_size": tok.vocab_size,
+                    "inputs": [{"path": p, "role": role, "rows": rows_per_file[p]} for p, role in inputs],
+                    "sources": sources,
+                    "priority": {"method": "weighted permutation without replacement (exponential keys)",
+                                 "priorities": cfg.priority.priorities, "epochs": cfg.priority.epochs}}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False, sort_keys=True) + "\n",
+                                    encoding="utf-8")
+        from megatron_huatuo.data import order_index
 
-    all_lengths = np.concatenate(lengths).astype(np.int64)
-    key = order_index.index_key(tmp, sources, cfg.seq_length, cfg.seed)
-    order_index.save(tmp, order_index.compute(sources, all_lengths, cfg.seq_length, cfg.seed, key))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+        all_lengths = np.concatenate(lengths).astype(np.int64)
+        key = order_index.index_key(tmp, sources, cfg.seq_length, cfg.seed)
+        order_index.save(tmp, order_index.compute(sources, all_lengths, cfg.seq_length, cfg.seed, key))
     return manifest
