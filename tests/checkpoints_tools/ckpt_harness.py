@@ -179,3 +179,27 @@ def load_pretrained_pp2_vpp2(ckpt_dir: str, arch_name: str, trainer_loader: bool
     for chunk in chunks:
         out.update(_global_params(chunk))
     return out
+
+
+def reshard_through(import_dir: str, root: str, arch_name: str, tensor_parallel: int, pipeline_parallel: int):
+    """Run in each of TP x PP ranks: the import loaded at that layout by the trainer's ``checkpoint.pretrained``
+    loader, then saved as the trainer lays out ``checkpoint.dir`` (``iter_0000001`` + marker)."""
+    import torch.distributed as dist
+    from megatron.core import dist_checkpointing
+    from megatron_huatuo.models.provider import build_model_chunks, transformer_config
+    from megatron_huatuo.runtime import initialize
+    from megatron_huatuo.training.checkpointing import MARKER, iteration_dir, load_pretrained, model_state
+
+    arch = get_arch(arch_name)
+    initialize(tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel, seed=5)
+    chunks = build_model_chunks(arch, transformer_config(arch, tensor_parallel=tensor_parallel,
+                                                         pipeline_parallel=pipeline_parallel))
+    load_pretrained(import_dir, chunks)
+    target = iteration_dir(root, 1)
+    if dist.get_rank() == 0:
+        target.mkdir(parents=True)
+    dist.barrier()
+    dist_checkpointing.save(model_state(chunks), str(target))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        (Path(root) / MARKER).write_text("1\n")
