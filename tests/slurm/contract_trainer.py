@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             save(step + 1)
         if flag.item() > 0 and step + 1 < steps:
             print(f"rank {rank}: stop signal, saved step {step + 1}, exiting {EXIT_REQUEUE}", flush=True)
+            dist.barrier()  # no rank tears gloo down while another still talks to it (seen: abort at exit)
             dist.destroy_process_group()
             return EXIT_REQUEUE
     final = loss.detach().clone()
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         (save_dir / "final_loss.txt").write_text(f"{final.item() / world:.8f}\n")
         print(f"final_loss {final.item() / world:.8f}", flush=True)
+    dist.barrier()  # no rank tears gloo down while another still talks to it (seen: abort at exit)
     dist.destroy_process_group()
     return 0
 
