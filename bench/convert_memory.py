@@ -8,15 +8,17 @@
    import vs the in-memory reference import (``convert.import_hf_in_memory``, the pre-streaming path);
 4. spot checks: exported tensors equal the generated ones; then every generated file is deleted.
 
-Usage: python bench/convert_memory.py [--arch baichuan2-7b] [--workdir /tmp/convert_memory] [--ref-layers 8]
+Usage: python bench/convert_memory.py [--arch baichuan2-7b] [--workdir DIR (default: $TMPDIR/convert_memory)] [--ref-layers 8]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -95,7 +97,7 @@ def dir_gib(path: Path) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="baichuan2-7b")
-    ap.add_argument("--workdir", default="/tmp/convert_memory")
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "convert_memory"))
     ap.add_argument("--ref-layers", type=int, default=8, help="depth of the side-by-side run (0: skip it)")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     args = ap.parse_args()

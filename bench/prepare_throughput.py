@@ -1,13 +1,13 @@
 """Throughput of ``prepare`` (read + clean + filter + dedup + chunk) on the shared real corpora, 1 and 2 workers,
 side by side with datatrove (HuggingFace's web-data pipeline) doing the per-document part on the same input.
 
-    python bench/prepare_throughput.py [--mb 8] [--workers 1 2] [--datatrove-path /tmp/dt_pkgs]
+    python bench/prepare_throughput.py [--mb 8] [--workers 1 2] [--datatrove-path DIR]
 
 Input: the shared corpora (``../shared/data/corpora``: PubMed abstracts and NCBI-disease abstracts in English;
 Chinese doctor Q&A in GB18030 and an infectious-disease textbook), written as JSONL and replicated to ``--mb``
 megabytes (the replicas are exact duplicates, so the merge's dedup also has real work).
 
-Reference: datatrove 0.10.1 (``pip install --target /tmp/dt_pkgs datatrove==0.10.1``; loaded in a subprocess
+Reference: datatrove 0.10.1 (``pip install --target DIR datatrove==0.10.1``, default DIR $TMPDIR/dt_pkgs; loaded in a subprocess
 from ``--datatrove-path``), on the English half only, one process: ``GopherRepetitionFilter`` +
 ``GopherQualityFilter`` + MinHash stage-1 signatures (``MinhashDedupSignature.get_shingles/get_signature``,
 5-gram words, 14 x 8 hashes, SHA-1 32-bit shingle hashes as datasketch uses: the installed xxhash rejects the
@@ -131,7 +131,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--mb", type=float, default=8.0, help="corpus size in MB (half English, half Chinese)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--datatrove-path", default="/tmp/dt_pkgs", help="a pip --target folder holding datatrove")
+    ap.add_argument("--datatrove-path", default=os.path.join(tempfile.gettempdir(), "dt_pkgs"), help="a pip --target folder holding datatrove")
     ap.add_argument("--reference-only", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.reference_only:

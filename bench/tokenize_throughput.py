@@ -15,8 +15,8 @@ Megatron-LM needs a checkout (``--megatron-lm DIR``, put first on PYTHONPATH for
 (the tag of the megatron-core we pin), then ``pip install --target DIR six triton`` (its imports need them; no GPU
 is used). Without ``--megatron-lm`` only our side runs and the comparison is skipped with a message.
 
-Usage: python bench/tokenize_throughput.py --megatron-lm /tmp/megatron-lm [--tokenizer MODEL] [--target-mb 30]
-       [--workers 1 2] [--workdir /tmp/tokbench]
+Usage: python bench/tokenize_throughput.py --megatron-lm MEGATRON_LM_CHECKOUT [--tokenizer MODEL] [--target-mb 30]
+       [--workers 1 2] [--workdir DIR]
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def main() -> None:
     ap.add_argument("--target-mb", type=float, default=30.0, help="replicate the corpus to about this size (0: once)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=1, help="runs per tool and worker count; the fastest is kept")
-    ap.add_argument("--workdir", type=Path, default=Path("/tmp/tokenize_bench"))
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tokenize_bench")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     inp = args.workdir / "input.jsonl"
