@@ -10,7 +10,7 @@ import html
 import re
 import unicodedata
 
-_CJK_RANGES = "\u3400-\u4dbf\u4e00-\u9fff"
+_CJK_RANGES = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"  # ext. A, unified, compatibility ideographs
 _CJK = re.compile(f"[{_CJK_RANGES}]")
 _LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]")
 _LETTER = re.compile(r"[^\W\d_]")  # Unicode letters, CJK ideographs included
@@ -41,6 +41,10 @@ def cjk_count(text: str) -> int:
     return _count(_CJK, text)
 
 
+def latin_count(text: str) -> int:
+    return _count(_LATIN, text)
+
+
 def effective_length(text: str) -> int:
     """Non-space characters, CJK counted double (a CJK character carries about a Latin word's half)."""
     return len(text) - _count(_SPACE, text) + cjk_count(text)
@@ -55,7 +59,7 @@ def letter_ratio(text: str) -> float:
 def zh_share(text: str) -> float:
     """2*CJK / (2*CJK + Latin letters): the weight of Chinese script, CJK double as in ``effective_length``."""
     cjk2 = 2 * cjk_count(text)
-    total = cjk2 + _count(_LATIN, text)
+    total = cjk2 + latin_count(text)
     return cjk2 / total if total else 0.0
 
 

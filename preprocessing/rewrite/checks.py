@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Optional
 
+from preprocessing.prepare.text import cjk_count, latin_count
+
 EMPTY = "empty"
 TOO_LONG = "question_too_long"
 REFUSAL = "refusal"
@@ -31,14 +33,12 @@ _REFERENCE_EN = re.compile(
     r"|\breference text\b",
     re.IGNORECASE)
 
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]")
 MIN_LETTERS_FOR_LANGUAGE = 4  # too few letters to judge ("CT?") is not a wrong language
 
 
 def script_ratio(text: str, lang: str) -> Optional[float]:
     """Share of the target script (CJK for zh, Latin otherwise) among CJK + Latin letters; None if too few."""
-    cjk, latin = len(_CJK.findall(text)), len(_LATIN.findall(text))
+    cjk, latin = cjk_count(text), latin_count(text)  # prepare's character classes: one home for "what is CJK"
     if cjk + latin < MIN_LETTERS_FOR_LANGUAGE:
         return None
     return (cjk if lang == "zh" else latin) / (cjk + latin)
