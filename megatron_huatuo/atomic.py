@@ -1,4 +1,4 @@
-"""Output directories that appear complete or not at all.
+"""Output directories (``atomic_directory``) and sets of files (``AtomicFiles``) that appear complete or not at all.
 
 Why: a conversion or dataset build that is killed (pre-emption, OOM, a bad tensor found half-way) must not leave a
 half-written directory that a rerun refuses ("not empty") or, worse, that a later job reads as finished. Work goes
@@ -47,3 +47,45 @@ def atomic_directory(out: str | Path, replace: bool = False) -> Iterator[Path]:
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
+
+
+class AtomicFiles:
+    """Text files that appear complete or not at all, together.
+
+    Each is written as a hidden ``.<name>.partial`` beside its final path; ``commit`` flushes them to disk and renames
+    them into place, ``abort`` deletes them. As a context manager it commits when the block succeeds and aborts when it
+    raises, so a killed or failed job never leaves a truncated output where a rerun or the next stage would read it.
+    """
+
+    def __init__(self, *paths: str | Path):
+        self.paths = [Path(p) for p in paths]
+        for p in self.paths:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        self.files = [open(self.partial(p), "w", encoding="utf-8") for p in self.paths]
+
+    @staticmethod
+    def partial(path: Path) -> Path:
+        return path.with_name(f".{path.name}.partial")
+
+    def commit(self) -> None:
+        for f in self.files:
+            f.flush()
+            os.fsync(f.fileno())
+            f.close()
+        for p in self.paths:
+            os.replace(self.partial(p), p)
+
+    def abort(self) -> None:
+        for f in self.files:
+            f.close()
+        for p in self.paths:
+            self.partial(p).unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self.files
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()

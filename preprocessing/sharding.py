@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, Tuple
+
+from megatron_huatuo.atomic import AtomicFiles
 
 _SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
 
@@ -68,7 +69,8 @@ def shard_path(base: str | Path, shard: Shard) -> Path:
     return base.parent / "shards" / f"{base.stem}.{shard.name}{base.suffix}"
 
 
-def _records(path: Path) -> Iterator[dict]:
+def read_records(path: Path) -> Iterator[dict]:
+    """The JSON records of a JSONL file, in order (blank lines skipped); a bad line names the file and line."""
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -90,13 +92,11 @@ def merge_jsonl(base: str | Path, count: int, key: Callable[[dict], tuple]) -> i
     missing = [str(p) for p in parts if not p.exists()]
     if missing:
         raise ShardError(f"cannot merge {base.name}: missing shard output(s): {', '.join(missing)}")
-    tmp = base.with_name(f".{base.name}.merge-{os.getpid()}")
     n = 0
-    with open(tmp, "w", encoding="utf-8") as out:
-        for rec in heapq.merge(*(_records(p) for p in parts), key=key):
+    with AtomicFiles(base) as (out,):
+        for rec in heapq.merge(*(read_records(p) for p in parts), key=key):
             out.write(json.dumps(rec, ensure_ascii=False) + "\n")
             n += 1
-    os.replace(tmp, base)
     return n
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 import sys
 from collections import deque
 from dataclasses import asdict
@@ -29,7 +28,8 @@ from preprocessing.prepare.dedup import Deduplicator, exact_key, signature
 from preprocessing.prepare.filters import FILTER_REASONS, first_failure
 from preprocessing.prepare.readers import read_source
 from preprocessing.prepare.text import clean, detect_lang, units
-from preprocessing.sharding import Shard, ShardError, _records, merge_counts, merge_jsonl, shard_path
+from megatron_huatuo.atomic import AtomicFiles
+from preprocessing.sharding import Shard, ShardError, read_records, merge_counts, merge_jsonl, shard_path
 
 DEDUP_REASONS = ("exact_duplicate", "near_duplicate")
 REASONS = FILTER_REASONS + DEDUP_REASONS
@@ -99,29 +99,6 @@ def _progress(desc: str, enabled: bool):
                 dynamic_ncols=True, smoothing=0.1)
 
 
-class _AtomicFiles:
-    """Text files written as ``<name>.tmp`` and renamed together on ``commit`` (removed when the job fails)."""
-
-    def __init__(self, *paths: Path):
-        self.paths = paths
-        for p in paths:
-            p.parent.mkdir(parents=True, exist_ok=True)
-        self.files = [open(p.with_name(p.name + ".tmp"), "w", encoding="utf-8") for p in paths]
-
-    def __enter__(self):
-        return self.files
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        for f in self.files:
-            f.close()
-        for p in self.paths:
-            tmp = p.with_name(p.name + ".tmp")
-            if exc_type is None:
-                os.replace(tmp, p)
-            else:
-                tmp.unlink(missing_ok=True)
-
-
 def _line(rec: dict) -> str:
     return json.dumps(rec, ensure_ascii=False) + "\n"
 
@@ -147,7 +124,7 @@ def run_shard(sources: list[Source], out_dir: str | Path, cfg: PrepareConfig, sh
     counts = {s.name: {"read": 0, "dropped": {r: 0 for r in FILTER_REASONS}} for s in sources}
     batches = _batched(_owned_documents(sources, shard), BATCH)
     bar = _progress(f"prepare {shard.index}/{shard.count}", progress)
-    with bar, _AtomicFiles(shard_path(out / CANDIDATES, shard), shard_path(out / FILTER_REJECTS, shard)) as (
+    with bar, AtomicFiles(shard_path(out / CANDIDATES, shard), shard_path(out / FILTER_REJECTS, shard)) as (
             cand_f, rej_f):
         for results in ordered_map(_process_batch, batches, workers, _init_worker, (cfg, [s.lang for s in sources])):
             for ordinal, si, doc_id, r in results:
@@ -163,7 +140,7 @@ def run_shard(sources: list[Source], out_dir: str | Path, cfg: PrepareConfig, sh
             bar.update(len(results))
     report = {"shard": [shard.index, shard.count], "config": asdict(cfg), "sources": [asdict(s) for s in sources],
               "counts": counts}
-    with _AtomicFiles(shard_path(out / SHARD_REPORT, shard)) as (f,):
+    with AtomicFiles(shard_path(out / SHARD_REPORT, shard)) as (f,):
         f.write(json.dumps(report, ensure_ascii=False, indent=1, sort_keys=True) + "\n")
     return report
 
@@ -201,11 +178,11 @@ def merge(out_dir: str | Path, count: int = 1, progress: bool = False) -> dict:
     dedup = Deduplicator(cfg)
     kept: dict[int, tuple[str, str]] = {}  # ordinal -> (source, id) of kept documents
     kept_ids: set[tuple[str, str]] = set()
-    filtered = iter(_records(out / FILTER_REJECTS))
+    filtered = iter(read_records(out / FILTER_REJECTS))
     pending = next(filtered, None)
-    with _progress("merge", progress) as bar, _AtomicFiles(out / "documents.jsonl", out / "rejects.jsonl") as (
+    with _progress("merge", progress) as bar, AtomicFiles(out / "documents.jsonl", out / "rejects.jsonl") as (
             docs_f, rej_f):
-        for rec in _records(out / CANDIDATES):
+        for rec in read_records(out / CANDIDATES):
             ordinal, name, doc_id = rec["ordinal"], rec["source"], rec["id"]
             while pending is not None and pending["ordinal"] < ordinal:
                 rej_f.write(_line(pending))
@@ -238,7 +215,7 @@ def merge(out_dir: str | Path, count: int = 1, progress: bool = False) -> dict:
               "kept_documents": sum(p["kept"] for p in per_source.values()),
               "chunks": sum(p["chunks"] for p in per_source.values()),
               "per_source": per_source, "config": asdict(cfg)}
-    with _AtomicFiles(out / "report.json") as (f,):
+    with AtomicFiles(out / "report.json") as (f,):
         f.write(json.dumps(report, ensure_ascii=False, indent=1, sort_keys=True) + "\n")
     for name in (CANDIDATES, FILTER_REJECTS) + ((SHARD_REPORT,) if count == 1 else ()):
         (out / name).unlink(missing_ok=True)  # intermediates (shards/ stays, so a merge can be rerun)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from preprocessing.rewrite.client import ChatClient, RequestRejected, Usage
 from preprocessing.rewrite.config import (BudgetExhausted, JobIncomplete, RewriteConfig, RewriteError,
                                           api_key_from_env)
 from preprocessing.rewrite.prompts import PromptSet, load_prompts, render
+from megatron_huatuo.atomic import AtomicFiles
 from preprocessing.sharding import Shard, ShardError, merge_counts, merge_jsonl, shard_path
 
 log = logging.getLogger("preprocessing.rewrite")
@@ -139,15 +139,9 @@ def _dump(record: dict) -> str:
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
-def _partial(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial")
-
-
 def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _partial(path)
-    tmp.write_text(json.dumps(obj, ensure_ascii=False, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with AtomicFiles(path) as (f,):
+        f.write(json.dumps(obj, ensure_ascii=False, indent=1, sort_keys=True) + "\n")
 
 
 class OrderedWriter:
@@ -155,9 +149,8 @@ class OrderedWriter:
 
     def __init__(self, outputs: Outputs):
         self.outputs = outputs
-        outputs.pairs.parent.mkdir(parents=True, exist_ok=True)
-        self.files = {kind: open(_partial(path), "w", encoding="utf-8")
-                      for kind, path in (("pair", outputs.pairs), ("reject", outputs.rejects))}
+        self._atomic = AtomicFiles(outputs.pairs, outputs.rejects)
+        self.files = dict(zip(("pair", "reject"), self._atomic.files))
         self.counts = Counter()
         self.reject_reasons = Counter()
 
@@ -168,17 +161,10 @@ class OrderedWriter:
             self.reject_reasons[f"{record['step']}:{record['reason']}"] += 1
 
     def commit(self) -> None:
-        for kind, path in (("pair", self.outputs.pairs), ("reject", self.outputs.rejects)):
-            fh = self.files[kind]
-            fh.flush()
-            os.fsync(fh.fileno())
-            fh.close()
-            os.replace(_partial(path), path)
+        self._atomic.commit()
 
     def abort(self) -> None:
-        for kind, path in (("pair", self.outputs.pairs), ("reject", self.outputs.rejects)):
-            self.files[kind].close()
-            _partial(path).unlink(missing_ok=True)
+        self._atomic.abort()
 
 
 # -- the summary -------------------------------------------------------------------------------------------------

@@ -283,7 +283,7 @@ def test_cli_shards_and_merge_write_the_unsharded_files(tmp_path):
     assert summary["kept_documents"] == 2 and summary["dropped"]["exact_duplicate"] == 1
     assert summary["dropped"]["near_duplicate"] == 1
     assert read_outputs(tmp_path / "one") == read_outputs(tmp_path / "two")
-    assert not list(tmp_path.glob("*/*.tmp")) and not list(tmp_path.glob("*/shards/*.tmp"))
+    assert not list(tmp_path.glob("*/.*.partial")) and not list(tmp_path.glob("*/shards/.*.partial"))
 
 
 def test_run_is_the_library_entry_point(tmp_path):
