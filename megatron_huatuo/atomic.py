@@ -22,6 +22,7 @@ import errno
 import functools
 import inspect
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator, Sequence, Union
@@ -29,13 +30,21 @@ from typing import Callable, Iterator, Sequence, Union
 from megatron_huatuo.locking import LockHeld, exclusive_writer
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# numpy's ``tofile``/``np.save`` report a short write as ``OSError("N requested and M written")`` with no errno;
+# a regular file takes fewer bytes than asked only when the disk or the quota is full.
+_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and (exc.errno in DISK_FULL_ERRNOS or (
+        exc.errno is None and bool(_SHORT_WRITE.match(str(exc)))))
 
 
 class DiskFull(OSError):
     """No space (or quota) left while writing an output; ``str()`` is one line naming where."""
 
     def __init__(self, where: str | Path, cause: OSError):
-        super().__init__(cause.errno, os.strerror(cause.errno or errno.ENOSPC))
+        super().__init__(cause.errno or errno.ENOSPC, os.strerror(cause.errno or errno.ENOSPC))
         self.where = str(where)
         self.file = cause.filename
 
@@ -63,7 +72,7 @@ def output_writer(*targets: str | Path) -> Iterator[None]:
         except DiskFull:
             raise
         except OSError as exc:
-            if exc.errno in DISK_FULL_ERRNOS:
+            if is_disk_full(exc):
                 raise DiskFull(targets[0], exc) from exc
             raise
 

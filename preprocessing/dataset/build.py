@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from megatron_huatuo.atomic import atomic_directory
+from megatron_huatuo.atomic import atomic_directory, single_writer
 from megatron_huatuo.data import compat
 from megatron_huatuo.data.one_stage_format import FORMAT_VERSION, MANIFEST, MASK_SUFFIX
 from megatron_huatuo.data.priority import PrioritySettings
@@ -104,6 +104,7 @@ def _encode_range(r: Range, batch_rows: int = 256) -> dict:
     return {"path": r.path, "rows": rows, "trained": dict(trained), "streams": writer.close()}
 
 
+@single_writer(lambda a: a["cfg"].out)  # before reading anything: a second build into ``out`` stops at once
 def build(cfg: BuildConfig) -> dict:
     """Write the directory; returns the manifest."""
     if cfg.seq_length < 2:

@@ -228,9 +228,12 @@ def empty_inputs(paths: Sequence[str | Path]) -> List[str]:
 
 
 def refuse_empty_inputs(paths: Sequence[str | Path], allow_empty: bool) -> None:
-    """An empty input is almost always a wrong path or a failed earlier step: an error unless ``--allow-empty``."""
-    empty = [] if allow_empty else empty_inputs(paths)
-    if empty:
+    """An empty input is almost always a wrong path or a failed earlier step: an error unless ``--allow-empty``.
+    All inputs empty is always an error (megatron-core cannot even open an empty dataset)."""
+    empty = empty_inputs(paths)
+    if paths and len(empty) == len(paths):
+        raise ValueError("no rows in any input file")
+    if empty and not allow_empty:
         more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
         raise ValueError(f"input {empty[0]}{more} is empty (no rows); pass --allow-empty if that is intended")
 
