@@ -7,6 +7,9 @@ non-empty element (Megatron-LM's pre-split sentences); the EOD (the tokenizer's 
 sequence of every document that has tokens; a document without tokens is kept as an empty document; token dtype
 uint16 below 65,500 ids, else int32 (see :mod:`megatron_huatuo.data.tokenizer` for the tokenizer semantics).
 
+Beside each output it writes ``{prefix}.manifest.json``, the compatibility record the trainer checks the model
+against (:mod:`megatron_huatuo.data.compat`); Megatron-LM tools ignore it.
+
 Differences that do not change the output for input Megatron-LM accepts: blank lines are skipped (Megatron-LM
 stops with a JSON error), and a bad line stops the run with ``file:line: reason``.
 """

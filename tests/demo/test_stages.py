@@ -44,11 +44,17 @@ def test_second_run_reuses_everything(tmp_path):
     assert any("reused" in line for line in logs)
 
 
-def test_changed_input_reruns_stage_and_dependants_only_when_content_changes(tmp_path):
+def ran_once(tmp_path):
+    """The pipeline run once on "hello": (its input file, the list of calls)."""
     src = tmp_path / "input.txt"
     src.write_text("hello")
     calls = []
     Runner(tmp_path / "state").run(make_pipeline(tmp_path, calls))
+    return src, calls
+
+
+def test_changed_input_reruns_stage_and_dependants_only_when_content_changes(tmp_path):
+    src, calls = ran_once(tmp_path)
     src.write_text("world")
     Runner(tmp_path / "state").run(make_pipeline(tmp_path, calls))
     assert calls == ["a", "b", "a", "b"]
@@ -115,9 +121,8 @@ def test_missing_component_skips_dependants_only(tmp_path):
 def test_damaged_output_reruns_its_stage_and_the_next_one_is_reused(tmp_path):
     """A stage's output truncated after it finished (a .bin cut short) is rebuilt, not passed on as "unchanged";
     the rebuilt bytes are the same, so the stage after it is still reused (its checkpoints are not thrown away)."""
-    (tmp_path / "input.txt").write_text("hello")
-    calls, logs = [], []
-    Runner(tmp_path / "state").run(make_pipeline(tmp_path, calls))
+    _, calls = ran_once(tmp_path)
+    logs = []
     (tmp_path / "a" / "upper.txt").write_text("HEL")  # truncated
     results = Runner(tmp_path / "state", log=logs.append).run(make_pipeline(tmp_path, calls))
     assert [r.status for r in results] == ["ran", "reused"] and calls == ["a", "b", "a"]
@@ -126,10 +131,7 @@ def test_damaged_output_reruns_its_stage_and_the_next_one_is_reused(tmp_path):
 
 
 def test_finished_outputs_survive_until_their_replacement_is_complete(tmp_path):
-    src = tmp_path / "input.txt"
-    src.write_text("hello")
-    calls = []
-    Runner(tmp_path / "state").run(make_pipeline(tmp_path, calls))
+    src, calls = ran_once(tmp_path)
     good = (tmp_path / "b" / "result.txt").read_text()
     src.write_text("world")  # b must run again, and this time it fails half-way
     with pytest.raises(RuntimeError, match="boom"):
