@@ -107,7 +107,10 @@ def _token_files(data, what: str) -> List[Tuple[IndexedFiles, Optional[int], str
     if data.type == "one_stage":
         from megatron_huatuo.data.one_stage_format import MANIFEST, MASK_SUFFIX, read_manifest
 
-        manifest = read_manifest(data.path)
+        try:
+            manifest = read_manifest(data.path)
+        except (OSError, ValueError) as exc:  # no manifest.json, unknown version, missing fields: one line
+            raise DatasetError(f"data.path: {exc}") from None
         recorded = manifest.get("max_token_id")
         where = str(Path(data.path) / MANIFEST)
         tokens = []
