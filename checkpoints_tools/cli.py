@@ -41,6 +41,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parser().parse_args(argv)
     from checkpoints_tools import convert
+    from megatron_huatuo.atomic import OUTPUT_ERRORS, exit_code
 
     try:
         if args.command == "import":
@@ -60,6 +61,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:  # bad input: one clear line
         print(f"checkpoints_tools {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OUTPUT_ERRORS as err:  # another writer holds --out (2), or the disk is full (1)
+        print(f"checkpoints_tools {args.command}: error: {err}", file=sys.stderr)
+        return exit_code(err)
     print(f"wrote {out}")
     return 0
 

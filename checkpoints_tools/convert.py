@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from megatron_huatuo.atomic import atomic_directory
+from megatron_huatuo.atomic import atomic_directory, single_writer
 from megatron_huatuo.models.registry import ArchSpec, get_arch
 from checkpoints_tools.hf_io import HFReader, write_hf
 from checkpoints_tools.mapping import baichuan2, llama
@@ -102,6 +102,7 @@ def _prepare_import(hf_dir: str, arch_name: str, out: str) -> _ImportJob:
     return _ImportJob(reader, arch, family, embed.dtype, out_path)
 
 
+@single_writer("out")  # before reading anything: a second writer stops at once
 def import_hf(hf_dir: str, arch_name: str, out: str) -> Path:
     """Write ``out`` (dist_checkpointing of ``{"model": sharded_state_dict}``) + ``huatuo_checkpoint.json``,
     streaming: tensors are read, mapped and written one at a time (see ``checkpoints_tools.streaming``)."""
@@ -122,6 +123,7 @@ def import_hf(hf_dir: str, arch_name: str, out: str) -> Path:
     return Path(out)
 
 
+@single_writer("out")
 def import_hf_in_memory(hf_dir: str, arch_name: str, out: str) -> Path:
     """The non-streaming import (a real model filled in RAM, saved by megatron-core's default strategy): kept only
     as the reference that tests and ``bench/convert_memory.py`` compare the streaming import with."""
@@ -179,6 +181,7 @@ def _embedding_meta(path: Path):
     raise ValueError(f"{path}: no embedding.word_embeddings.weight in the checkpoint")
 
 
+@single_writer("out")
 def export(ckpt: str, arch_name: str, out: str, options: ExportOptions = ExportOptions()) -> Path:
     from megatron_huatuo.runtime import destroy, initialize
 

@@ -180,9 +180,25 @@ class WriterLock:
         self.release()
 
 
+_HELD: dict = {}  # resolved target -> (pid, WriterLock) held through exclusive_writer by this process
+
+
 @contextlib.contextmanager
 def exclusive_writer(target: str | Path, mode: str = "auto") -> Iterator[WriterLock]:
-    """Hold the writer lock of ``target`` for the block; :class:`LockHeld` if another live process holds it."""
+    """Hold the writer lock of ``target`` for the block; :class:`LockHeld` if another live process holds it.
+
+    Re-entrant within a process: a command that holds the lock of its output can call a function that takes the
+    same lock (``prepare`` runs its merge; ``import`` writes through ``atomic_directory``) without refusing itself.
+    """
+    key = Path(target).resolve()
+    held = _HELD.get(key)
+    if held is not None and held[0] == os.getpid() and held[1].held:
+        yield held[1]
+        return
     lock = WriterLock(target, mode)
     with lock:
-        yield lock
+        _HELD[key] = (os.getpid(), lock)
+        try:
+            yield lock
+        finally:
+            _HELD.pop(key, None)

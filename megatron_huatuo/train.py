@@ -1,7 +1,8 @@
 """CLI: ``python -m megatron_huatuo.train --config RECIPE.yaml [dotted.key=value ...]`` under torchrun or srun.
 
 Exits 0 when the recipe's steps are done, 75 after a SIGTERM/SIGUSR1 (checkpoint saved; rerun to resume),
-2 on a bad recipe (message names the file and field, before any process-group work).
+2 on a bad recipe (message names the file and field, before any process-group work) or a dataset the model
+cannot train on (truncated files, token ids past the model's vocabulary; checked before the model is built).
 """
 from __future__ import annotations
 
@@ -21,9 +22,14 @@ def main(argv=None) -> int:
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from megatron_huatuo.data.indexed_files import DatasetError
     from megatron_huatuo.training.loop import train
 
-    return train(recipe, log=lambda msg: print(msg, flush=True)).exit_code
+    try:
+        return train(recipe, log=lambda msg: print(msg, flush=True)).exit_code
+    except DatasetError as exc:  # truncated files, ids past the vocabulary: one line naming the files
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":

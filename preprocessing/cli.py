@@ -15,6 +15,8 @@ import json
 import sys
 from typing import Callable, Optional
 
+from megatron_huatuo.atomic import OUTPUT_ERRORS, exit_code
+
 
 def _prepare(argv: list[str]) -> int:
     import dataclasses
@@ -46,6 +48,9 @@ def _prepare(argv: list[str]) -> int:
     except (InputError, ShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OUTPUT_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_code(exc)
     if not shard.whole:
         counts = report["counts"]
         print(json.dumps({"shard": args.shard, "read": sum(c["read"] for c in counts.values()),
@@ -74,6 +79,9 @@ def _shard_merge(argv: list[str], name: str, description: str, run: Callable, er
     except (ShardError, *errors) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OUTPUT_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_code(exc)
     print(json.dumps(summary, ensure_ascii=False, sort_keys=True))
     return 0
 
@@ -134,6 +142,9 @@ def _rewrite(argv: list[str]) -> int:
     except (RewriteError, ShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OUTPUT_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_code(exc)
     print(json.dumps(summary, ensure_ascii=False, sort_keys=True))
     return 0
 

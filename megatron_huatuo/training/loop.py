@@ -77,6 +77,23 @@ def uses_segment_mask(recipe: Recipe) -> bool:
     return recipe.data.type != "synthetic" and recipe.data.isolate
 
 
+def _check_data(recipe: Recipe, log) -> None:
+    """Refuse, before the model is built, a dataset that is truncated or holds ids past the model's vocabulary
+    (megatron_huatuo/data/compat.py); every rank runs it, so all of them stop with the same one-line error."""
+    from megatron_huatuo.data.compat import check_dataset_fits
+    from megatron_huatuo.models.registry import get_arch
+    from megatron_huatuo.runtime import destroy
+
+    vocab, vocab_from = recipe.model.vocab_size, "model.vocab_size"
+    if vocab is None:
+        vocab, vocab_from = get_arch(recipe.model.arch).vocab_size, f"the vocabulary of arch {recipe.model.arch}"
+    try:
+        check_dataset_fits(recipe.data, vocab, vocab_from, log=log)
+    except BaseException:
+        destroy()
+        raise
+
+
 def _batches(loader_iter, count: int):
     return [next(loader_iter) for _ in range(count)]
 
@@ -96,6 +113,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     ctx = initialize(tensor_parallel=p.tp, pipeline_parallel=p.pp, virtual_pipeline=p.vpp,
                      sequence_parallel=p.sp, seed=t.seed)
     dp = validate(recipe, world_size=dist.get_world_size())
+    _check_data(recipe, log if dist.get_rank() == 0 else None)
     arch, config, chunks, models, optimizer, scheduler = _build(recipe)
     masked = uses_segment_mask(recipe)
     num_micro = t.global_batch // (t.micro_batch * dp)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +19,14 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from megatron_huatuo.atomic import atomic_directory
+from megatron_huatuo.atomic import atomic_directory, single_writer
+from megatron_huatuo.data import compat
 from megatron_huatuo.data.one_stage_format import FORMAT_VERSION, MANIFEST, MASK_SUFFIX
 from megatron_huatuo.data.priority import PrioritySettings
 from megatron_huatuo.data.templates import Template, Tokenizer, encode_conversations, get_template
 from preprocessing.dataset.formats import FormatError, parse_line
 from preprocessing.dataset.shards import (Range, ShardWriter, TempDir, iter_lines, line_number, merge_stream,
-                                          optimal_dtype, plan_ranges, run_ordered)
+                                          optimal_dtype, plan_ranges, refuse_empty_inputs, run_ordered)
 
 
 @dataclass
@@ -40,6 +40,7 @@ class BuildConfig:
     template: str = "huatuo"
     priority: PrioritySettings = field(default_factory=PrioritySettings)
     workers: int = 1
+    allow_empty: bool = False  # an empty input file is skipped instead of refused
 
 
 class _Worker:
@@ -103,6 +104,7 @@ def _encode_range(r: Range, batch_rows: int = 256) -> dict:
     return {"path": r.path, "rows": rows, "trained": dict(trained), "streams": writer.close()}
 
 
+@single_writer(lambda a: a["cfg"].out)  # before reading anything: a second build into ``out`` stops at once
 def build(cfg: BuildConfig) -> dict:
     """Write the directory; returns the manifest."""
     if cfg.seq_length < 2:
@@ -116,10 +118,11 @@ def build(cfg: BuildConfig) -> dict:
             raise FileNotFoundError(f"input {path}: no such file")
     if len({p for p, _ in inputs}) != len(inputs):
         raise ValueError("an input file is given twice")
+    refuse_empty_inputs([p for p, _ in inputs], cfg.allow_empty)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_directory(out, replace=True) as tmp:  # the whole directory or none, also on errors
-        with TempDir(out.parent / f".{out.name}.shards-{os.getpid()}") as scratch:
+        with TempDir.beside(out) as scratch:
             ranges = plan_ranges([p for p, _ in inputs], cfg.workers)
             _init(cfg, str(scratch))  # before the pool forks: workers inherit the loaded tokenizer
             results = run_ordered(_encode_range, ranges, cfg.workers)
@@ -135,13 +138,15 @@ def build(cfg: BuildConfig) -> dict:
                 merge_stream(mask_parts, tmp / f"{kind}{MASK_SUFFIX}", np.uint8)
                 lengths.extend(p.sequence_lengths for p in tok_parts)
                 sources.append({"name": kind, "kind": kind, "prefix": kind, "documents": docs, "tokens": tokens,
+                                "max_token_id": max(p.max_id for p in tok_parts),
                                 "trained_tokens": sum(res["trained"].get(kind, 0) for res in results),
                                 "priority": cfg.priority.priority(kind), "epochs": cfg.priority.epoch_count(kind)})
         rows_per_file: Dict[str, int] = defaultdict(int)
         for res in results:
             rows_per_file[res["path"]] += res["rows"]
-        manifest = {"format_version": FORMAT_VERSION, "tokenizer": str(cfg.tokenizer), "template": template.name,
-                    "seq_length": cfg.seq_length, "seed": cfg.seed, "eos_id": tok.eos_id, "vocab_size": tok.vocab_size,
+        fits = compat.record(cfg.tokenizer, tok.vocab_size, tok.eos_id, max(s["max_token_id"] for s in sources),
+                             template.name, cfg.seq_length)  # what the trainer checks the model against
+        manifest = {"format_version": FORMAT_VERSION, **fits, "seed": cfg.seed,
                     "inputs": [{"path": p, "role": role, "rows": rows_per_file[p]} for p, role in inputs],
                     "sources": sources,
                     "priority": {"method": "weighted permutation without replacement (exponential keys)",

@@ -28,8 +28,9 @@ from preprocessing.prepare.dedup import Deduplicator, exact_key, signature
 from preprocessing.prepare.filters import FILTER_REASONS, first_failure
 from preprocessing.prepare.readers import read_source
 from preprocessing.prepare.text import clean, detect_lang, units
-from megatron_huatuo.atomic import AtomicFiles
-from preprocessing.sharding import Shard, ShardError, read_records, merge_counts, merge_jsonl, shard_path
+from megatron_huatuo.atomic import AtomicFiles, single_writer
+from preprocessing.sharding import (Shard, ShardError, read_records, merge_counts, merge_jsonl, merge_targets,
+                                    shard_path, writer_target)
 
 DEDUP_REASONS = ("exact_duplicate", "near_duplicate")
 REASONS = FILTER_REASONS + DEDUP_REASONS
@@ -115,6 +116,7 @@ def _owned_documents(sources: list[Source], shard: Shard) -> Iterator[tuple[int,
             ordinal += 1
 
 
+@single_writer(lambda a: writer_target(a["out_dir"], a["shard"]))
 def run_shard(sources: list[Source], out_dir: str | Path, cfg: PrepareConfig, shard: Shard = Shard(),
               workers: int = 1, progress: bool = False) -> dict:
     """Read, clean and filter this shard's documents; write its candidates, filter rejects and report."""
@@ -162,6 +164,7 @@ def _shard_reports(out: Path, count: int) -> list[dict]:
     return reports
 
 
+@single_writer(lambda a: merge_targets(a["out_dir"], a["count"]))
 def merge(out_dir: str | Path, count: int = 1, progress: bool = False) -> dict:
     """Join the shard outputs in global order, drop exact and near duplicates, chunk, write the final files."""
     out = Path(out_dir)
@@ -222,6 +225,7 @@ def merge(out_dir: str | Path, count: int = 1, progress: bool = False) -> dict:
     return report
 
 
+@single_writer(lambda a: writer_target(a["out_dir"], a["shard"] or Shard()))
 def run(sources_file: str | Path, out_dir: str | Path, cfg: PrepareConfig, shard: Optional[Shard] = None,
         workers: int = 1, progress: bool = False) -> dict:
     """``prepare`` as the CLI runs it: the shard pass, then (unsharded) the merge; returns the report written."""

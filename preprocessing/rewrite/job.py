@@ -23,8 +23,9 @@ from preprocessing.rewrite.client import ChatClient, RequestRejected, Usage
 from preprocessing.rewrite.config import (BudgetExhausted, JobIncomplete, RewriteConfig, RewriteError,
                                           api_key_from_env)
 from preprocessing.rewrite.prompts import PromptSet, load_prompts, render
-from megatron_huatuo.atomic import AtomicFiles
-from preprocessing.sharding import Shard, ShardError, merge_counts, merge_jsonl, shard_path
+from megatron_huatuo.atomic import AtomicFiles, single_writer
+from preprocessing.sharding import (Shard, ShardError, merge_counts, merge_jsonl, merge_targets, shard_path,
+                                    writer_target)
 
 log = logging.getLogger("preprocessing.rewrite")
 
@@ -255,6 +256,7 @@ async def _run(docs_path: Path, outputs: Outputs, cfg: RewriteConfig, prompts: P
     return summary
 
 
+@single_writer(lambda a: writer_target(a["out_dir"], a["shard"]))
 def rewrite_file(docs_path: str | Path, out_dir: str | Path, cfg: RewriteConfig, cache_dir: str | Path | None = None,
                  shard: Shard = Shard()) -> dict:
     """Rewrite the documents ``shard`` owns; returns the summary (also written to ``summary.json``).
@@ -271,6 +273,7 @@ def rewrite_file(docs_path: str | Path, out_dir: str | Path, cfg: RewriteConfig,
     return asyncio.run(_run(docs_path, Outputs.of(out_dir, shard), cfg, prompts, cache, shard, api_key_from_env()))
 
 
+@single_writer(lambda a: merge_targets(a["out_dir"], a["count"]))
 def merge_shards(out_dir: str | Path, count: int) -> dict:
     """Merge ``count`` shard outputs of ``out_dir`` into its ``pairs.jsonl``, ``rejects.jsonl``, ``summary.json``."""
     out = Path(out_dir)
