@@ -28,7 +28,8 @@ cmmlu      CMMLU CSV with its header row (``,Question,A,B,C,D,Answer``)      ``Q
 mmlu       MMLU CSV without a header (question, A, B, C, D, answer), or the   columns by position; or ``question``,
            HF rows (``choices`` list, integer ``answer``)                     ``choices``, ``answer`` index
 generic    our own JSONL                                                     ``question``, ``options`` dict or list,
-                                                                             ``answer`` letter(s)
+                                                                             ``answer`` letter(s), optional
+                                                                             ``context``
 ========== ================================================================= ==========================================
 
 A question may carry a ``context`` (PubMedQA's abstract): prompts show it, it is never dropped. Questions with
@@ -139,8 +140,11 @@ def _option_dict(value, where: str, key: str) -> dict[str, str]:
     return opts
 
 
-def _option_lines(text, where: str, key: str, pattern: str) -> dict[str, str]:
-    """Options written one per line, the letter matched by ``pattern`` (group 1 letter, group 2 text)."""
+def _option_lines(text, where: str, key: str, pattern: str, continued: bool = False) -> dict[str, str]:
+    """Options written one per line, the letter matched by ``pattern`` (group 1 letter, group 2 text).
+
+    ``continued``: a line without a letter continues the option before it (the unified files keep MedQA option
+    texts that contain a newline that way: ``(D) ... intoxication\n".``)."""
     if not isinstance(text, str):
         raise _fail(where, key, f"expected option lines as text, got {type(text).__name__}")
     opts: dict[str, str] = {}
@@ -149,6 +153,10 @@ def _option_lines(text, where: str, key: str, pattern: str) -> dict[str, str]:
         if not line:
             continue
         m = re.match(pattern, line)
+        if not m and continued and opts:
+            last = next(reversed(opts))
+            opts[last] = f"{opts[last]}\n{line}"
+            continue
         if not m:
             raise _fail(where, key, f"cannot read an option letter in line {line!r}")
         letter = m.group(1).upper()
@@ -178,7 +186,7 @@ def _parse_unified(rec: Record, _ctx: dict) -> MCQuestion:
     okey = _first_key(row, ("option", "options")) or "option"
     if okey not in row:
         raise _fail(where, "option", "missing (looked for 'option', 'options')")
-    options = _option_lines(row[okey], where, okey, _UNIFIED_OPTION)
+    options = _option_lines(row[okey], where, okey, _UNIFIED_OPTION, continued=True)
     akey = _first_key(row, ("anwer", "answer"))  # 'anwer' is how the published files spell it
     if akey is None:
         raise _fail(where, "anwer", "missing (looked for 'anwer', 'answer')")
@@ -297,7 +305,8 @@ def _parse_generic(rec: Record, _ctx: dict) -> MCQuestion:
         raise _fail(where, "answer", "missing")
     else:
         answer = _letter_set(value, options, where, "answer")
-    return MCQuestion(_qid(rec), _text(row, ("question",), where), options, answer, _meta(row))
+    context = str(row.get("context") or "").strip()
+    return MCQuestion(_qid(rec), _text(row, ("question",), where), options, answer, _meta(row), context)
 
 
 Parser = Callable[[Record, dict], MCQuestion]

@@ -17,7 +17,9 @@ UNIFIED = [
     {"question": "下列哪些属于症状？", "option": "(A) 发热.\n(B) 石头.\n(C) 咳嗽.\n(D) 乏力.\n(E) 桌子.",
      "anwer": "(ACD)", "source": "cmexam"},
     {"question": "Does daily walking lower resting heart rate?", "context": "We followed 40 adults for a year.",
-     "option": "(A) Yes.\n(B) No.\n(C) Maybe.", "answer": "(B)", "source": "pubmedqa"},
+     "option": "(A) Yes.\n(B) No.\n(C) Maybe.", "answer": "(B)", "source": "pubmedqa"},    # an option text with a newline inside (MedQA's own data) continues on a line without a letter
+    {"question": "Which is most likely?", "option": "(A) Sepsis.\n(B) Ethanol intoxication\n\".", "anwer": "(B)",
+     "source": "medqa-usmle"},
 ]
 
 
@@ -25,7 +27,8 @@ def test_unified_successor_jsonl(tmp_path):
     path = write_jsonl(tmp_path / "cmexam.jsonl", UNIFIED)
     qs = load_questions(path)
     assert file_format(path) == "unified"
-    assert [q.answer for q in qs] == ["A", "ACD", "B"]
+    assert [q.answer for q in qs] == ["A", "ACD", "B", "B"]
+    assert qs[3].options == {"A": "Sepsis.", "B": 'Ethanol intoxication\n".'}
     assert qs[0].options == {"A": "维生素C.", "B": "维生素D.", "C": "维生素K.", "D": "维生素A."}
     assert qs[1].is_multi and list(qs[1].options) == list("ABCDE")
     assert qs[2].context == "We followed 40 adults for a year." and qs[2].meta["source"] == "pubmedqa"
