@@ -41,11 +41,18 @@ SIZES = {  # random-weight Llama shapes: compute, not start-up, should dominate
 
 
 def build_model(out: Path, size: str, tokenizer_model: Path) -> None:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizer
+    """A random Llama of ``size`` beside the SentencePiece model (transformers builds its tokenizer from it)."""
+    import shutil
 
-    tok = LlamaTokenizer(vocab_file=str(tokenizer_model), legacy=False)
-    tok.save_pretrained(out)
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(tokenizer_model, out / "tokenizer.model")
+    (out / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+         "add_bos_token": True, "add_eos_token": False, "legacy": False}))
+    tok = AutoTokenizer.from_pretrained(str(out))
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=4096, bos_token_id=tok.bos_token_id,
                       eos_token_id=tok.eos_token_id, **SIZES[size])

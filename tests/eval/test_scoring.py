@@ -15,6 +15,7 @@ from megatron_huatuo.eval.runner import EvalConfig, evaluate_benchmark
 from megatron_huatuo.eval.scoring import (
     Request,
     continuation_logprobs,
+    encode_request,
     pad_id,
     plan_letter_scoring,
     score_encoded,
@@ -90,17 +91,14 @@ def test_one_pass_equals_per_option_and_uneven_letters_fall_back(lm_tok, tmp_pat
     assert plans[0].one_pass and not plans[1].one_pass
     assert plans[1].reason == "letters tokenise unevenly (' E' -> 2 tokens)"
     (one, cut), = score_one_pass(lm, plans[:1], pad=pad_id(tok))
-    per_option = score_encoded(lm, [plans[1].encoded[k] for k in qs[1].letters], pad=pad_id(tok))
-    # the same questions through the per-option path: equal to the one pass, and to the hand computation
-    enc = plan_letter_scoring(tok, build_prompt(qs[0], dev), {k: continuation(qs[0], k) for k in qs[0].letters})
-    from megatron_huatuo.eval.scoring import encode_request
-    slow = score_encoded(lm, [encode_request(tok, Request(build_prompt(qs[0], dev), k)) for k in qs[0].letters],
-                         pad=pad_id(tok))
-    assert enc.one_pass and not cut
+    assert not cut
+    prompt = build_prompt(qs[0], dev)
+    # the same question through the per-option path: equal to the one pass, and to the hand computation
+    slow = score_encoded(lm, [encode_request(tok, Request(prompt, k)) for k in qs[0].letters], pad=pad_id(tok))
     for k, s in zip(qs[0].letters, slow):
         assert one[k].logprob == pytest.approx(s.logprob, abs=1e-5)
-        assert one[k].logprob == pytest.approx(hand_request(lm.model, tok, build_prompt(qs[0], dev), k), abs=1e-4)
-    assert per_option[4].tokens == 2
+        assert one[k].logprob == pytest.approx(hand_request(lm.model, tok, prompt, k), abs=1e-4)
+    assert plans[1].encoded["E"].n_continuation == 2
 
     res = evaluate_benchmark(lm, tok, "mix", tmp_path / "b.jsonl", EvalConfig(shots=2), tmp_path / "out", dev)
     rows = [json.loads(line) for line in (tmp_path / "out" / "mix.predictions.jsonl").read_text().splitlines()]
