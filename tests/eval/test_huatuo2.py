@@ -110,3 +110,9 @@ def test_huatuo2_is_zero_shot(tiny_model_dir, tmp_path, capsys):
     assert main(["--model", str(tiny_model_dir), "--bench", str(bench), "--dev", str(bench), "--shots", "1",
                  "--protocol", "huatuo2", "--out", str(tmp_path / "o")]) == 2
     assert "zero-shot" in capsys.readouterr().err
+    try:
+        import vllm  # noqa: F401
+    except ImportError:  # the optional backend explains itself when vllm is absent
+        assert main(["--model", str(tiny_model_dir), "--bench", str(bench), "--protocol", "huatuo2", "--backend",
+                     "vllm", "--out", str(tmp_path / "o")]) == 2
+        assert "--backend vllm needs the vllm package" in capsys.readouterr().err
