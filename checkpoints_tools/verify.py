@@ -98,22 +98,12 @@ def _token_batch(options: VerifyOptions, hf_dir: Path, vocab: int) -> Tuple[torc
 
 
 def _megatron_logits(path: Path, arch, dtype: torch.dtype, tokens: torch.Tensor) -> torch.Tensor:
-    from megatron_huatuo.models.provider import build_model, transformer_config
-    from megatron_huatuo.runtime import destroy, initialize
-    from megatron_huatuo.training.checkpointing import load_pretrained
+    from megatron_huatuo.models.inference import tp1_model
 
-    precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    try:
-        initialize(tensor_parallel=1, pipeline_parallel=1)
-        model = build_model(arch, transformer_config(arch, precision=precision, perform_initialization=False),
-                            parallel_output=False)
-        load_pretrained(str(path), [model])  # the trainer's own loader (megatron-core dist_checkpointing.load)
-        model.eval()
+    with tp1_model(path, arch, dtype) as model:  # the trainer's model and loader (dist_checkpointing.load)
         positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
         with torch.no_grad():
             return model(tokens, positions, None).float()
-    finally:
-        destroy()
 
 
 def _hf_logits(hf_dir: Path, kind: str, dtype: torch.dtype, tokens: torch.Tensor) -> torch.Tensor:

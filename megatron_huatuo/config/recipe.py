@@ -61,6 +61,8 @@ class TrainSection:
     seed: int = 1234
     precision: str = "fp32"  # fp32 | bf16 | fp8
     recompute: str = "none"  # none | selective | full
+    eval_interval: int = 0  # validation every N steps and after the last one (needs data.valid_path); 0: none
+    eval_iters: int = 0  # global batches per validation source and evaluation; 0: all of its rows
 
 
 @dataclass
@@ -72,6 +74,7 @@ class DataConfig:
     # one_stage: True isolates packed samples (segment mask, positions restart); False is HuatuoGPT-II's shared
     # attention across a packed row, which trains with plain causal attention (the fused/flash fast path).
     isolate: bool = True
+    valid_path: Optional[str] = None  # a held-out one-stage dataset directory: validation loss per source
 
 
 @dataclass
@@ -254,6 +257,14 @@ def validate(recipe: Recipe, world_size: Optional[int] = None, source: str = "<r
         fail("data.prefixes", "data.type indexed needs at least one .bin/.idx prefix")
     if not d.isolate and d.type != "one_stage":
         fail("data.isolate", f"shared attention across packed samples is a one_stage option, not {d.type}")
+    if t.eval_interval < 0:
+        fail("train.eval_interval", f"must be >= 0, got {t.eval_interval}")
+    if t.eval_iters < 0:
+        fail("train.eval_iters", f"must be >= 0 (0: every row of each source), got {t.eval_iters}")
+    if d.valid_path and not t.eval_interval:
+        fail("train.eval_interval", "data.valid_path is set: give the validation interval in steps (>= 1)")
+    if t.eval_interval and not d.valid_path:
+        fail("data.valid_path", f"train.eval_interval={t.eval_interval} needs a validation one-stage dataset")
     if not 0.0 <= recipe.model.dropout < 1.0:
         fail("model.dropout", f"must be in [0, 1), got {recipe.model.dropout}")
     if recipe.checkpoint.interval < 0:

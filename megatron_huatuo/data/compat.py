@@ -145,14 +145,15 @@ def _rank_world() -> Tuple[int, int]:
 
 def check_dataset_fits(data, vocab_size: int, vocab_from: str, log: Optional[Callable[[str], None]] = None,
                        reduce_max: Callable[[int], int] = _all_reduce_max,
-                       part: Optional[Tuple[int, int]] = None) -> Dict[str, object]:
+                       part: Optional[Tuple[int, int]] = None, what: Optional[str] = None) -> Dict[str, object]:
     """Refuse (:class:`VocabularyMismatch`) a dataset whose largest token id is >= ``vocab_size``.
 
     ``data`` is the recipe's ``DataConfig``; ``vocab_from`` says where the vocabulary came from (``model.vocab_size``
-    or the arch), for the message. Call it on every rank (the scan of datasets without a record is split over the
+    or the arch), for the message; ``what`` names the recipe field in messages (default: ``data.path`` or
+    ``data.prefixes`` by type). Call it on every rank (the scan of datasets without a record is split over the
     ranks, ``part`` = (rank, world), and combined by ``reduce_max``). Returns what was found (for the log and tests).
     """
-    what = "data.path" if data.type == "one_stage" else "data.prefixes"
+    what = what or ("data.path" if data.type == "one_stage" else "data.prefixes")
     token_files = _token_files(data, what)
     if not token_files:
         return {}

@@ -21,6 +21,17 @@ from megatron_huatuo.data.order_index import load_or_build
 from megatron_huatuo.data.packing import PackPlan, pack_row
 
 
+def open_source(path: Path, src: dict) -> tuple[IndexedDataset, IndexedDataset]:
+    """(tokens, loss mask) of one manifest source, checked against each other and the manifest."""
+    prefix = str(Path(path) / src["prefix"])
+    for checked in (prefix, prefix + MASK_SUFFIX):  # present and not truncated, else one line naming it
+        check_prefix(checked, str(path))
+    tok, mask = IndexedDataset(prefix), IndexedDataset(prefix + MASK_SUFFIX)
+    if len(tok) != src["documents"] or not np.array_equal(tok.sequence_lengths, mask.sequence_lengths):
+        raise ValueError(f"{prefix}: tokens/loss-mask files disagree with each other or with manifest.json")
+    return tok, mask
+
+
 class OneStageDataset(Dataset):
     def __init__(self, path: str | Path, seq_length: int, seed: int, num_samples: Optional[int] = None,
                  isolate: bool = True):
@@ -33,12 +44,7 @@ class OneStageDataset(Dataset):
         self.masks: List[IndexedDataset] = []
         lengths = []
         for src in self.sources:
-            prefix = str(self.path / src["prefix"])
-            for checked in (prefix, prefix + MASK_SUFFIX):  # present and not truncated, else one line naming it
-                check_prefix(checked, str(self.path))
-            tok, mask = IndexedDataset(prefix), IndexedDataset(prefix + MASK_SUFFIX)
-            if len(tok) != src["documents"] or not np.array_equal(tok.sequence_lengths, mask.sequence_lengths):
-                raise ValueError(f"{prefix}: tokens/loss-mask files disagree with each other or with manifest.json")
+            tok, mask = open_source(self.path, src)
             self.tokens.append(tok)
             self.masks.append(mask)
             lengths.append(tok.sequence_lengths)

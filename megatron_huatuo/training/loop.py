@@ -7,6 +7,7 @@ not a mean of per-micro-batch means (which would over-weight short SFT answers).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -89,9 +90,30 @@ def _check_data(recipe: Recipe, log) -> None:
         vocab, vocab_from = get_arch(recipe.model.arch).vocab_size, f"the vocabulary of arch {recipe.model.arch}"
     try:
         check_dataset_fits(recipe.data, vocab, vocab_from, log=log)
+        if recipe.data.valid_path:
+            valid = dataclasses.replace(recipe.data, type="one_stage", path=recipe.data.valid_path, prefixes=[])
+            check_dataset_fits(valid, vocab, vocab_from, log=log, what="data.valid_path")
     except BaseException:
         destroy()
         raise
+
+
+def _validate(valid, models, forward_step, recipe: Recipe, num_micro: int, dev, iteration: int, is_logger: bool,
+              writer, log) -> None:
+    """Validation loss per source (``training/validation.py``): one JSON line and TensorBoard scalars."""
+    from megatron_huatuo.training.validation import evaluate, overall
+
+    results = evaluate(valid, models, forward_step, eval_iters=recipe.train.eval_iters, num_micro=num_micro,
+                       micro_batch=recipe.train.micro_batch, device=dev)
+    if not is_logger:
+        return
+    record = dict(step=iteration, loss=round(overall(results), 6),
+                  sources={name: {"loss": round(loss, 6), "tokens": n} for name, (loss, n) in results.items()})
+    log("valid " + json.dumps(record))
+    if writer is not None:
+        writer.add_scalar("valid/loss", record["loss"], iteration)
+        for name, (loss, _) in results.items():
+            writer.add_scalar(f"valid/{name}/loss", loss, iteration)
 
 
 def _batches(loader_iter, count: int):
@@ -138,6 +160,11 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     sampler = ResumableDistributedSampler(len(dataset), consumed, t.micro_batch,
                                           ps.get_data_parallel_rank(), dp)
     loader_iter = iter(DataLoader(dataset, batch_size=t.micro_batch, sampler=sampler, num_workers=0))
+    valid = None
+    if recipe.data.valid_path:
+        from megatron_huatuo.training.validation import load_validation_set
+
+        valid = load_validation_set(recipe.data.valid_path, t.seq_length, isolate=masked)
 
     is_logger = dist.get_rank() == dist.get_world_size() - 1  # last pipeline stage, last DP rank
     writer = None
@@ -205,6 +232,8 @@ def train(recipe: Recipe, log=print) -> TrainResult:
                     for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
                         if record.get(key) is not None and not (isinstance(record[key], float) and math.isnan(record[key])):
                             writer.add_scalar(f"train/{key}", record[key], iteration)
+            if valid is not None and (iteration % t.eval_interval == 0 or iteration == t.steps):
+                _validate(valid, models, forward_step, recipe, num_micro, dev, iteration, is_logger, writer, log)
             interval = recipe.checkpoint.interval
             stopping = stop.agreed()
             if ckpt_dir and (stopping or (interval and iteration % interval == 0) or iteration == t.steps):

@@ -42,6 +42,9 @@ def test_override_types_and_unknown(tmp_path):
     (["model.arch=no-such-model"], "model.arch"),
     (["data.isolate=false"], "data.isolate"),  # synthetic rows have nothing to isolate
     (["model.dropout=1.5"], "model.dropout"),
+    (["data.valid_path=v"], "train.eval_interval: data.valid_path is set"),  # validation needs an interval
+    (["train.eval_interval=5"], "data.valid_path: train.eval_interval=5 needs"),
+    (["data.valid_path=v", "train.eval_interval=5", "train.eval_iters=-1"], "train.eval_iters"),
 ])
 def test_impossible_layouts_name_the_field(overrides, field):
     with pytest.raises(RecipeError, match=field.replace(".", r"\.")):

@@ -69,3 +69,67 @@ def run_trainer(overrides, timeout: float, world: int = 2):
 def step_records(text: str) -> list:
     """The trainer's per-step ``train {json}`` lines (logged by the last rank)."""
     return [_json.loads(line[len("train "):]) for line in text.splitlines() if line.startswith("train {")]
+
+
+def valid_records(text: str) -> list:
+    """The trainer's ``valid {json}`` lines (validation loss per source, logged by the last rank)."""
+    return [_json.loads(line[len("valid "):]) for line in text.splitlines() if line.startswith("valid {")]
+
+
+def write_one_stage(out, sources: dict, eos_id: int = 0):
+    """A one-stage dataset directory (``megatron_huatuo.data.one_stage_format``) from ``{name: [(ids, mask)]}``,
+    written with megatron-core's own ``IndexedDatasetBuilder``."""
+    import numpy as np
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    from megatron_huatuo.data.one_stage_format import FORMAT_VERSION, MANIFEST, MASK_SUFFIX
+
+    out = _Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for name, docs in sources.items():
+        tok = IndexedDatasetBuilder(str(out / f"{name}.bin"), dtype=np.int32)
+        mask = IndexedDatasetBuilder(str(out / f"{name}{MASK_SUFFIX}.bin"), dtype=np.uint8)
+        for ids, trained in docs:
+            tok.add_item(torch.tensor(ids, dtype=torch.int32))
+            tok.end_document()
+            mask.add_item(torch.tensor(trained, dtype=torch.uint8))
+            mask.end_document()
+        tok.finalize(str(out / f"{name}.idx"))
+        mask.finalize(str(out / f"{name}{MASK_SUFFIX}.idx"))
+        entries.append({"name": name, "kind": name, "prefix": name, "documents": len(docs), "priority": 1,
+                        "epochs": 1})
+    (out / MANIFEST).write_text(_json.dumps({"format_version": FORMAT_VERSION, "eos_id": eos_id,
+                                             "sources": entries}))
+    return out
+
+
+def reference_valid_losses(ckpt_iter_dir: str, valid_dir: str, arch_name: str = "tiny-baichuan2-7b") -> dict:
+    """Per source, the token-weighted loss of every validation document run ALONE through a TP1 model with the
+    checkpoint's weights (target t+1 counted when its trained flag is set): independent of packing, batching,
+    pipeline schedules and data parallelism."""
+    import numpy as np
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from megatron_huatuo.models.inference import tp1_model
+    from megatron_huatuo.models.registry import get_arch
+
+    manifest = _json.loads((_Path(valid_dir) / "manifest.json").read_text())
+    out = {}
+    with tp1_model(ckpt_iter_dir, get_arch(arch_name)) as model:
+        for src in manifest["sources"]:
+            toks = IndexedDataset(str(_Path(valid_dir) / src["prefix"]))
+            masks = IndexedDataset(str(_Path(valid_dir) / (src["prefix"] + "_loss_mask")))
+            total, count = 0.0, 0.0
+            for i in range(len(toks)):
+                ids = torch.tensor(toks[i].astype(np.int64))[None]
+                trained = torch.tensor(masks[i].astype(np.float64))
+                with torch.no_grad():
+                    logits = model(ids[:, :-1], torch.arange(ids.shape[1] - 1)[None], None).double()
+                nll = -torch.log_softmax(logits[0], -1).gather(-1, ids[0, 1:, None])[:, 0]
+                total += float((nll * trained[1:]).sum())
+                count += float(trained[1:].sum())
+            out[src["name"]] = (total / count, int(count))
+    return out
