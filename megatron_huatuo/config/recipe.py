@@ -61,6 +61,8 @@ class TrainSection:
     seed: int = 1234
     precision: str = "fp32"  # fp32 | bf16 | fp8
     recompute: str = "none"  # none | selective | full
+    # a step with a NaN/Inf loss or grad norm is skipped; this many in a row stop the run (exit 3, nothing saved)
+    max_nonfinite_steps: int = 3
 
 
 @dataclass
@@ -79,6 +81,9 @@ class CheckpointConfig:
     dir: Optional[str] = None
     interval: int = 0  # 0: only on exit / signal
     pretrained: Optional[str] = None
+    # load checkpoint directories without a manifest and with megatron-core's unrestricted unpickling (legacy or
+    # foreign checkpoints you trust; docs/reliability.md)
+    trust: bool = False
 
 
 @dataclass
@@ -258,6 +263,8 @@ def validate(recipe: Recipe, world_size: Optional[int] = None, source: str = "<r
         fail("model.dropout", f"must be in [0, 1), got {recipe.model.dropout}")
     if recipe.checkpoint.interval < 0:
         fail("checkpoint.interval", "must be >= 0")
+    if t.max_nonfinite_steps < 1:
+        fail("train.max_nonfinite_steps", f"must be >= 1, got {t.max_nonfinite_steps}")
     if recipe.logging.interval < 1:
         fail("logging.interval", "must be >= 1")
     dp = 1

@@ -12,10 +12,12 @@ def reference_loss(ckpt_dir: str, prefix: str, seq: int, rows: int, seed: int = 
     from megatron_huatuo.data.sample import attention_mask_from_segments
     from megatron_huatuo.models.provider import build_model, transformer_config
     from megatron_huatuo.runtime import initialize
+    from megatron_huatuo.training.manifest import write_manifest
 
     initialize(seed=seed)
     model = build_model("tiny-baichuan2-7b", transformer_config("tiny-baichuan2-7b"), masked_segments=True)
     dist_checkpointing.save({"model": model.sharded_state_dict()}, ckpt_dir)
+    write_manifest(ckpt_dir)  # what checkpoint.pretrained checks before loading
     ds = IndexedDocumentsDataset([prefix], seq)
     batch = {k: torch.stack([ds[i][k] for i in range(rows)]) for k in ds[0]}
     with torch.no_grad():
