@@ -152,3 +152,21 @@ def test_nonfinite_guard_and_save(checks):
     assert checks["check_params"][0] == "NonFiniteError"
     names, marker = checks["good_after_nan_save"]
     assert "iter_0000002" not in names and marker == "1"
+
+
+def test_manifest_command_seals_a_legacy_directory_then_checks_it(tmp_path, capsys):
+    from checkpoints_tools import cli
+
+    root = tmp_path / "run"
+    d = root / "iter_0000003"
+    d.mkdir(parents=True)
+    (d / "metadata.json").write_text('{"sharded_backend": "torch_dist"}')
+    (d / "__0_0.distcp").write_bytes(b"weights")
+    (root / "latest_checkpointed_iteration.txt").write_text("3\n")
+    assert cli.main(["manifest", "--ckpt", str(root)]) == 0
+    assert f"wrote {d / M.MANIFEST}" in capsys.readouterr().out
+    assert cli.main(["manifest", "--ckpt", str(root)]) == 0
+    assert "every file matches" in capsys.readouterr().out
+    (d / "__0_0.distcp").write_bytes(b"weightz")
+    assert cli.main(["manifest", "--ckpt", str(root)]) == 2
+    assert "__0_0.distcp: xxh3_128 checksum" in capsys.readouterr().err
