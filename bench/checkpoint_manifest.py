@@ -81,7 +81,6 @@ def bench_hash():
 
 
 def bench_train(work: Path, layers: int):
-    import torch
     from megatron.core import dist_checkpointing
 
     from megatron_huatuo.models.provider import build_model, transformer_config

@@ -200,8 +200,9 @@ def _check_backend(checkpoint_dir) -> None:
     except (OSError, ValueError) as err:
         raise FileNotFoundError(f"{checkpoint_dir} is not a dist_checkpointing directory ({path}: {err})") from None
     if config.get("sharded_backend") != "torch_dist" or config.get("common_backend", "torch") != "torch":
-        raise UnsafeCheckpointError(f"{path}: backend {config.get('sharded_backend')!r}/{config.get('common_backend')!r}"
-                                    f" is not read by the safe loader (torch_dist/torch only); {TRUST_HINT}")
+        backends = f"{config.get('sharded_backend')!r}/{config.get('common_backend')!r}"
+        raise UnsafeCheckpointError(f"{path}: backend {backends} is not read by the safe loader (torch_dist/torch "
+                                    f"only); {TRUST_HINT}")
 
 
 def _unwrapped(err: CheckpointException, checkpoint_dir) -> BaseException:
@@ -279,4 +280,5 @@ class TorchDistSaveStrategy(SaveShardedStrategy):
 
 def save(sharded_state_dict, checkpoint_dir, strategy: Optional[SaveShardedStrategy] = None) -> None:
     """``dist_checkpointing.save`` with :class:`TorchDistSaveStrategy` (no helper processes)."""
-    dist_checkpointing.save(sharded_state_dict, str(checkpoint_dir), sharded_strategy=strategy or TorchDistSaveStrategy())
+    dist_checkpointing.save(sharded_state_dict, str(checkpoint_dir),
+                            sharded_strategy=strategy or TorchDistSaveStrategy())

@@ -19,16 +19,6 @@ import training_harness as H
 COMMON = ["parallel.tp=2", "train.global_batch=4", "train.micro_batch=2", "train.seq_length=32"]
 
 
-def _wait(procs, timeout):
-    deadline = time.time() + timeout
-    try:
-        return [p.wait(timeout=max(1, deadline - time.time())) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-
-
 def _children(procs) -> set:
     out = set()
     for p in procs:
@@ -68,7 +58,7 @@ def holder_run(tmp_path_factory):
             p.send_signal(signal.SIGSTOP)
         b = H.launch_trainer([*COMMON, "train.steps=2", f"checkpoint.dir={ckpt}"],
                              logs=[tmp / f"b{r}.log" for r in range(2)])
-        b_codes = _wait(b, 240)
+        b_codes = H.wait_all(b, 240)
         for p in a:
             p.send_signal(signal.SIGCONT)
         marker = ckpt / "latest_checkpointed_iteration.txt"
@@ -80,7 +70,7 @@ def holder_run(tmp_path_factory):
         seen |= _children(a)
         for p in a:
             p.send_signal(signal.SIGKILL)
-        a_codes = _wait(a, 30)
+        a_codes = H.wait_all(a, 30)
     finally:
         for p in a:
             if p.poll() is None:

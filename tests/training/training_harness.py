@@ -68,6 +68,19 @@ def run_trainer(overrides, timeout: float, world: int = 2):
     return [p.returncode for p in procs], outputs
 
 
+def wait_all(procs, timeout: float = 180):
+    """Return codes of ``procs`` waited for ``timeout`` seconds in all; what is still running is then killed."""
+    import time
+
+    deadline = time.time() + timeout
+    try:
+        return [p.wait(timeout=max(1, deadline - time.time())) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
 def step_records(text: str) -> list:
     """The trainer's per-step ``train {json}`` lines (logged by the last rank)."""
     return [_json.loads(line[len("train "):]) for line in text.splitlines() if line.startswith("train {")]

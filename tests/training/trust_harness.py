@@ -81,9 +81,6 @@ def _crafted(root: Path, name: str, how) -> Path:
 def load_checks(tmp: str) -> dict:
     """Save a real checkpoint (trainer's save), then load good, legacy, byte-flipped and crafted copies through
     resume (``checkpointing.load``), ``checkpoint.pretrained``, ``export`` and ``verify``; report what happened."""
-    import torch.distributed as dist
-    from megatron.core import tensor_parallel
-
     from megatron_huatuo.training import checkpointing
     from megatron_huatuo.training.nonfinite import NonFiniteGuard, check_finite_parameters
 
@@ -188,5 +185,4 @@ def load_checks(tmp: str) -> dict:
     for kind, ckpt in crafted.items():
         _call(checkpointing.load, str(ckpt), 1, chunks, optimizer, scheduler, trust=True)
     out["pwned_when_trusted"] = sorted(p.name for p in root.glob("pwned-*"))
-    del tensor_parallel, dist
     return out
