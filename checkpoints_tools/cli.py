@@ -1,9 +1,25 @@
-"""``python -m checkpoints_tools import|export|verify ...`` (see docs/checkpoints.md)."""
+"""``python -m checkpoints_tools import|export|verify|manifest ...`` (see docs/checkpoints.md)."""
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import List, Optional
+
+
+TRUST_HELP = ("load a directory without huatuo_manifest.json, with megatron-core's unrestricted unpickling (runs "
+              "code a crafted checkpoint contains: only for checkpoints you trust)")
+
+
+def _add_manifest(ckpt: str, iteration: Optional[int]):
+    """``manifest``: seal a legacy directory the user trusts; one that has a manifest is checked instead."""
+    from checkpoints_tools.convert import resolve_checkpoint
+    from megatron_huatuo.training.manifest import read_manifest, verify_manifest, write_manifest
+
+    path = resolve_checkpoint(ckpt, iteration)
+    if read_manifest(path) is not None:
+        verify_manifest(path)
+        return f"{path}: manifest present and every file matches it"
+    return f"wrote {write_manifest(path)}"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -23,6 +39,7 @@ def parser() -> argparse.ArgumentParser:
     exp.add_argument("--format", choices=["llama", "baichuan"], default=None,
                      help="default: llama for RoPE archs (NormHead folded), baichuan for ALiBi")
     exp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    exp.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     ver = sub.add_parser("verify", help="megatron checkpoint vs exported HF model: logits on the same token ids")
     ver.add_argument("--ckpt", required=True, help="import directory or training checkpoint.dir")
     ver.add_argument("--hf", required=True, help="exported HF directory (Llama; Baichuan format needs its remote code)")
@@ -35,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
     ver.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                      help="both models run in this dtype (one model in memory at a time)")
     ver.add_argument("--iteration", type=int, default=None)
+    ver.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
+    ver.add_argument("--trust-remote-code", action="store_true",
+                     help="allow a Baichuan-format HF directory's modeling_baichuan.py to run (directories you trust)")
+    man = sub.add_parser("manifest", help="add a manifest (sizes + checksums) to a trusted directory saved without one")
+    man.add_argument("--ckpt", required=True, help="import directory or training checkpoint.dir")
+    man.add_argument("--iteration", type=int, default=None, help="default: latest_checkpointed_iteration.txt")
     return p
 
 
@@ -46,18 +69,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "import":
             out = convert.import_hf(args.hf, args.arch, args.out)
+        elif args.command == "manifest":
+            print(_add_manifest(args.ckpt, args.iteration))
+            return 0
         elif args.command == "verify":
             from checkpoints_tools import verify
 
             opts = verify.VerifyOptions(tokens=args.tokens, prompts=args.prompts, tokenizer=args.tokenizer,
-                                        tol=args.tol, dtype=args.dtype, iteration=args.iteration)
+                                        tol=args.tol, dtype=args.dtype, iteration=args.iteration,
+                                        trust=args.trust_checkpoint, trust_remote_code=args.trust_remote_code)
             result = verify.verify(args.ckpt, args.hf, args.arch, opts)
             print(result.line(args.tol))
             return 0 if result.passed else 1
         else:
             out = convert.export(args.ckpt, args.arch, args.out, convert.ExportOptions(
                 fmt=args.format, vocab_size=args.vocab_size, iteration=args.iteration,
-                tokenizer=args.tokenizer, dtype=args.dtype))
+                tokenizer=args.tokenizer, dtype=args.dtype, trust=args.trust_checkpoint))
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:  # bad input: one clear line
         print(f"checkpoints_tools {args.command}: error: {err}", file=sys.stderr)
         return 2

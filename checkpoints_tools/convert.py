@@ -17,6 +17,7 @@ import torch
 
 from megatron_huatuo.atomic import atomic_directory, single_writer
 from megatron_huatuo.models.registry import ArchSpec, get_arch
+from megatron_huatuo.training.manifest import verify_manifest, write_manifest
 from checkpoints_tools.hf_io import HFReader, write_hf
 from checkpoints_tools.mapping import baichuan2, llama
 from checkpoints_tools.streaming import GroupLoader, build_meta_model, model_params, save_streaming
@@ -34,6 +35,7 @@ class ExportOptions:
     iteration: Optional[int] = None
     tokenizer: Optional[str] = None
     dtype: Optional[str] = None  # float32 | bfloat16 | float16; default: the checkpoint's
+    trust: bool = False  # --trust-checkpoint: no manifest needed, megatron-core's unrestricted unpickling
 
 
 def _single_process_model(arch: ArchSpec, dtype: torch.dtype):
@@ -117,6 +119,7 @@ def import_hf(hf_dir: str, arch_name: str, out: str) -> Path:
             job.check_shapes(model_params(model))
             save_streaming(model, job.source, tmp)
             job.write_info(arch_name, hf_dir)
+            write_manifest(tmp)  # last: sizes + checksums of everything above (megatron_huatuo/training/manifest.py)
     finally:
         job.reader.close()
         destroy()
@@ -146,6 +149,7 @@ def import_hf_in_memory(hf_dir: str, arch_name: str, out: str) -> Path:
                     param.copy_(tensor)
             dist_checkpointing.save({"model": model.sharded_state_dict()}, str(tmp))
             job.write_info(arch_name, hf_dir)
+            write_manifest(tmp)
     finally:
         job.reader.close()
         destroy()
@@ -172,10 +176,10 @@ def resolve_checkpoint(ckpt: str, iteration: Optional[int] = None) -> Path:
     return root
 
 
-def _embedding_meta(path: Path):
-    from megatron.core import dist_checkpointing
+def _embedding_meta(path: Path, trust: bool = False):
+    from megatron_huatuo.training import dcp_io
 
-    for key, meta in dist_checkpointing.load_tensors_metadata(str(path)).items():
+    for key, meta in dcp_io.load_tensors_metadata(path, trust=trust).items():
         if key.endswith("embedding.word_embeddings.weight"):
             return meta
     raise ValueError(f"{path}: no embedding.word_embeddings.weight in the checkpoint")
@@ -186,7 +190,8 @@ def export(ckpt: str, arch_name: str, out: str, options: ExportOptions = ExportO
     from megatron_huatuo.runtime import destroy, initialize
 
     path = resolve_checkpoint(ckpt, options.iteration)
-    meta = _embedding_meta(path)
+    verify_manifest(path, trust=options.trust)  # before any byte of it is interpreted
+    meta = _embedding_meta(path, options.trust)
     arch = get_arch(arch_name)
     vocab = options.vocab_size or meta.global_shape[0]
     if vocab != arch.vocab_size:
@@ -209,7 +214,8 @@ def export(ckpt: str, arch_name: str, out: str, options: ExportOptions = ExportO
             placeholders = {k: v.detach() for k, v in model_params(model).items()}
             # the same mapping on meta tensors gives the HF layout, so each safetensors header is written first
             layout = [(n, tuple(t.shape)) for n, t in family.mcore_to_hf(arch, lambda n: placeholders[n].to("meta"))]
-            write_hf(tmp, layout, family.mcore_to_hf(arch, GroupLoader(model, path)), config, dtype=out_dtype)
+            tensors = family.mcore_to_hf(arch, GroupLoader(model, path, options.trust))
+            write_hf(tmp, layout, tensors, config, dtype=out_dtype)
             for f in (tok.iterdir() if tok is not None else ()):
                 if f.is_file() and f.name != "config.json":
                     shutil.copy2(f, tmp / f.name)

@@ -3,7 +3,9 @@ ids and compare their logits (max absolute difference, top-1 agreement).
 
 The two models run one after the other (the megatron logits are kept, the model freed), so peak memory is one
 model in ``dtype``. The HF side is ``transformers.LlamaForCausalLM`` for a Llama export; a Baichuan-format export
-needs Baichuan's own modeling code (``modeling_baichuan.py``, remote code) in the directory.
+needs Baichuan's own modeling code (``modeling_baichuan.py``, remote code) in the directory, and runs it only when
+asked with ``--trust-remote-code``. The megatron checkpoint is checked against its manifest and read without
+arbitrary unpickling unless ``--trust-checkpoint``.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ class VerifyOptions:
     tol: float = 1e-3
     dtype: str = "float32"
     iteration: Optional[int] = None
+    trust: bool = False  # --trust-checkpoint (megatron side)
+    trust_remote_code: bool = False  # --trust-remote-code (HF side: a Baichuan-format directory's Python files)
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,9 @@ class VerifyResult:
                 f"over {self.positions} positions: {verdict}")
 
 
-def _hf_kind(hf_dir: Path) -> str:
-    """``llama`` or ``baichuan`` from config.json; a Baichuan export without its remote code is an error."""
+def _hf_kind(hf_dir: Path, trust_remote_code: bool = False) -> str:
+    """``llama`` or ``baichuan`` from config.json; a Baichuan export without its remote code, or whose remote code
+    the caller did not allow to run, is an error."""
     path = hf_dir / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found (an exported Hugging Face directory has a config.json)")
@@ -55,6 +60,10 @@ def _hf_kind(hf_dir: Path) -> str:
                 f"{hf_dir} is in Baichuan's format but has no modeling_baichuan.py (Baichuan's remote code, not "
                 "shipped here): copy modeling_baichuan.py and configuration_baichuan.py from the released "
                 "checkpoint into it, or export with --format llama (RoPE archs) and verify that")
+        if not trust_remote_code:
+            raise ValueError(
+                f"{hf_dir} is in Baichuan's format: verifying it runs the directory's modeling_baichuan.py; pass "
+                "--trust-remote-code to allow that (only for directories you trust)")
         return "baichuan"
     raise ValueError(f"{path}: cannot verify architectures={archs} model_type={config.get('model_type')!r}")
 
@@ -97,10 +106,11 @@ def _token_batch(options: VerifyOptions, hf_dir: Path, vocab: int) -> Tuple[torc
     return batch, torch.ones(batch.shape, dtype=torch.bool)
 
 
-def _megatron_logits(path: Path, arch, dtype: torch.dtype, tokens: torch.Tensor) -> torch.Tensor:
+def _megatron_logits(path: Path, arch, dtype: torch.dtype, tokens: torch.Tensor, trust: bool) -> torch.Tensor:
     from megatron_huatuo.models.inference import tp1_model
 
-    with tp1_model(path, arch, dtype) as model:  # the trainer's model and loader (dist_checkpointing.load)
+    # the trainer's model and loader (dist_checkpointing.load, safe unpickling); the manifest was checked above
+    with tp1_model(path, arch, dtype, trust=trust, manifest_checked=True) as model:
         positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
         with torch.no_grad():
             return model(tokens, positions, None).float()
@@ -112,6 +122,7 @@ def _hf_logits(hf_dir: Path, kind: str, dtype: torch.dtype, tokens: torch.Tensor
     if kind == "llama":
         model = transformers.LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=dtype)
     else:
+        # only reached with --trust-remote-code (``_hf_kind`` refuses a Baichuan-format directory without it)
         model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtype, trust_remote_code=True)
     model.eval()
     with torch.no_grad():
@@ -120,21 +131,23 @@ def _hf_logits(hf_dir: Path, kind: str, dtype: torch.dtype, tokens: torch.Tensor
 
 def verify(ckpt: str, hf_dir: str, arch_name: str, options: VerifyOptions = VerifyOptions()) -> VerifyResult:
     from checkpoints_tools.convert import _embedding_meta, resolve_checkpoint
+    from megatron_huatuo.training.manifest import verify_manifest
 
     hf = Path(hf_dir)
     if not hf.is_dir():
         raise FileNotFoundError(f"Hugging Face directory not found: {hf}")
-    kind = _hf_kind(hf)
+    kind = _hf_kind(hf, options.trust_remote_code)
     path = resolve_checkpoint(ckpt, options.iteration)
+    verify_manifest(path, trust=options.trust)
     arch = get_arch(arch_name)
-    vocab = _embedding_meta(path).global_shape[0]
+    vocab = _embedding_meta(path, options.trust).global_shape[0]
     if vocab != arch.vocab_size:
         arch = arch.with_overrides(vocab_size=vocab)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(options.dtype)
     if dtype is None:
         raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {options.dtype!r}")
     tokens, mask = _token_batch(options, hf, vocab)
-    ours = _megatron_logits(path, arch, dtype, tokens)
+    ours = _megatron_logits(path, arch, dtype, tokens, options.trust)
     theirs = _hf_logits(hf, kind, dtype, tokens)
     if ours.shape != theirs.shape:
         raise ValueError(f"logit shapes differ: megatron {tuple(ours.shape)}, Hugging Face {tuple(theirs.shape)}")

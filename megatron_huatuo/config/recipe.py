@@ -63,6 +63,8 @@ class TrainSection:
     recompute: str = "none"  # none | selective | full
     eval_interval: int = 0  # validation every N steps and after the last one (needs data.valid_path); 0: none
     eval_iters: int = 0  # global batches per validation source and evaluation; 0: all of its rows
+    # a step with a NaN/Inf loss or grad norm is skipped; this many in a row stop the run (exit 3, nothing saved)
+    max_nonfinite_steps: int = 3
 
 
 @dataclass
@@ -82,6 +84,9 @@ class CheckpointConfig:
     dir: Optional[str] = None
     interval: int = 0  # 0: only on exit / signal
     pretrained: Optional[str] = None
+    # load checkpoint directories without a manifest and with megatron-core's unrestricted unpickling (legacy or
+    # foreign checkpoints you trust; docs/reliability.md)
+    trust: bool = False
 
 
 @dataclass
@@ -269,6 +274,8 @@ def validate(recipe: Recipe, world_size: Optional[int] = None, source: str = "<r
         fail("model.dropout", f"must be in [0, 1), got {recipe.model.dropout}")
     if recipe.checkpoint.interval < 0:
         fail("checkpoint.interval", "must be >= 0")
+    if t.max_nonfinite_steps < 1:
+        fail("train.max_nonfinite_steps", f"must be >= 1, got {t.max_nonfinite_steps}")
     if recipe.logging.interval < 1:
         fail("logging.interval", "must be >= 1")
     dp = 1

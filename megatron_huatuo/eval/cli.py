@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-special-tokens", action="store_true",
                    help="do not let the tokenizer add BOS/EOS (the HuatuoGPT-II template uses no BOS)")
     p.add_argument("--trust-remote-code", action="store_true", help="needed for Baichuan-style exports (auto_map)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="--megatron-ckpt: load a directory without manifest, with unrestricted unpickling (legacy)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--device", default="cpu", help="--model: e.g. cuda (megatron-core uses CUDA when present)")
     p.add_argument("--out", required=True, help="directory for predictions and the summary")
@@ -112,9 +114,10 @@ def open_model(args):
 
     from megatron_huatuo.models.inference import tp1_model
 
-    src = m.resolve_megatron(args.megatron_ckpt, args.arch, args.tokenizer, args.iteration)
+    src = m.resolve_megatron(args.megatron_ckpt, args.arch, args.tokenizer, args.iteration, args.trust_checkpoint)
     tok = m.load_tokenizer(src.tokenizer_dir, args.trust_remote_code)
-    with tp1_model(src.path, src.arch, getattr(torch, args.dtype)) as model:
+    with tp1_model(src.path, src.arch, getattr(torch, args.dtype), trust=args.trust_checkpoint,
+                   manifest_checked=True) as model:
         lm = m.MegatronModel(model, str(src.path), src.arch.max_position_embeddings,
                              m.megatron_top_k(src.tokenizer_dir))
         yield lm, tok, {"backend": "megatron-core", "path": str(src.path), "arch": src.arch.name,

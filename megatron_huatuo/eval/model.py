@@ -286,24 +286,27 @@ class MegatronSource:
 
 
 def resolve_megatron(ckpt: str, arch_name: Optional[str], tokenizer_dir: Optional[str],
-                     iteration: Optional[int] = None) -> MegatronSource:
+                     iteration: Optional[int] = None, trust: bool = False) -> MegatronSource:
     """A training ``checkpoint.dir`` (its latest complete ``iter_*``, or ``iteration``) or an import directory.
 
     The arch comes from ``--arch`` or the import's ``huatuo_checkpoint.json``; the vocabulary from the saved
     embedding (as ``checkpoints_tools export`` does); the tokenizer from ``--tokenizer`` or the HF directory the
-    import was made from.
+    import was made from. The directory is checked against its manifest first and read without arbitrary
+    unpickling unless ``trust`` (``--trust-checkpoint``).
     """
     from checkpoints_tools.convert import INFO, _embedding_meta, resolve_checkpoint
     from megatron_huatuo.models.registry import get_arch
+    from megatron_huatuo.training.manifest import verify_manifest
 
     path = resolve_checkpoint(ckpt, iteration)
+    verify_manifest(path, trust=trust)
     info_file = next((p / INFO for p in (path, Path(ckpt)) if (p / INFO).is_file()), None)
     info = json.loads(info_file.read_text()) if info_file else {}
     name = arch_name or info.get("arch")
     if not name:
         raise ValueError(f"{ckpt}: no {INFO} names the arch of this training checkpoint: pass --arch")
     arch = get_arch(name)
-    vocab = _embedding_meta(path).global_shape[0]
+    vocab = _embedding_meta(path, trust).global_shape[0]
     if vocab != arch.vocab_size:
         arch = arch.with_overrides(vocab_size=vocab)
     tok = tokenizer_dir or info.get("source")

@@ -21,8 +21,13 @@ PRECISION_OF = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "f
 
 
 @contextlib.contextmanager
-def tp1_model(path: str | Path, arch: ArchSpec, dtype: torch.dtype = torch.float32, **build_kwargs) -> Iterator:
-    """Yield the loaded ``GPTModel`` (eval mode, on CUDA when available); model-parallel state exists inside."""
+def tp1_model(path: str | Path, arch: ArchSpec, dtype: torch.dtype = torch.float32, *, trust: bool = False,
+              manifest_checked: bool = False, **build_kwargs) -> Iterator:
+    """Yield the loaded ``GPTModel`` (eval mode, on CUDA when available); model-parallel state exists inside.
+
+    The directory is checked against its manifest (unless the caller already did: ``manifest_checked``) and read
+    without arbitrary unpickling unless ``trust`` (``--trust-checkpoint``), as every load of a checkpoint is.
+    """
     from megatron_huatuo.models.provider import build_model, transformer_config
     from megatron_huatuo.runtime import destroy, initialize
     from megatron_huatuo.training.checkpointing import load_pretrained
@@ -33,7 +38,7 @@ def tp1_model(path: str | Path, arch: ArchSpec, dtype: torch.dtype = torch.float
         initialize(tensor_parallel=1, pipeline_parallel=1)
         config = transformer_config(arch, precision=PRECISION_OF[dtype], perform_initialization=False)
         model = build_model(arch, config, parallel_output=False, **build_kwargs)
-        load_pretrained(str(path), [model])
+        load_pretrained(str(path), [model], trust=trust, manifest_checked=manifest_checked)
         model.eval()
         yield model
     finally:

@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from megatron_huatuo.config.recipe import Recipe, validate
 from megatron_huatuo.training import checkpointing
+from megatron_huatuo.training.nonfinite import NonFiniteGuard
 from megatron_huatuo.training.signals import EXIT_REQUEUE, StopRequest
 
 PEAK_FLOPS = {"bf16": 989e12, "fp8": 1979e12, "fp32": 67e12}  # H100 SXM dense
@@ -120,6 +121,31 @@ def _batches(loader_iter, count: int):
     return [next(loader_iter) for _ in range(count)]
 
 
+class CheckpointDirBusy(RuntimeError):
+    """Another live trainer writes ``checkpoint.dir`` (raised on every rank with rank 0's message)."""
+
+
+def _writer_lock(ckpt_dir: Optional[str]):
+    """Rank 0 takes the one-writer lock of ``checkpoint.dir`` for the whole run (``megatron_huatuo/locking.py``);
+    when another process holds it, every rank raises :class:`CheckpointDirBusy` with rank 0's message (collective).
+    """
+    from megatron_huatuo.locking import LockHeld, WriterLock
+
+    if not ckpt_dir:
+        return None
+    lock, message = None, None
+    if dist.get_rank() == 0:
+        try:
+            lock = WriterLock(ckpt_dir).acquire()
+        except LockHeld as exc:
+            message = str(exc)
+    shared = [message]
+    dist.broadcast_object_list(shared, src=0)
+    if shared[0] is not None:
+        raise CheckpointDirBusy(shared[0])
+    return lock
+
+
 def train(recipe: Recipe, log=print) -> TrainResult:
     """Run (or resume) training described by ``recipe``. Process groups come from torchrun / Slurm env."""
     from megatron.core import parallel_state as ps
@@ -136,22 +162,24 @@ def train(recipe: Recipe, log=print) -> TrainResult:
                      sequence_parallel=p.sp, seed=t.seed)
     dp = validate(recipe, world_size=dist.get_world_size())
     _check_data(recipe, log if dist.get_rank() == 0 else None)
+    ckpt_dir = recipe.checkpoint.dir
+    lock = _writer_lock(ckpt_dir)  # held until the finally below (released by the kernel if the process dies)
     arch, config, chunks, models, optimizer, scheduler = _build(recipe)
     masked = uses_segment_mask(recipe)
     num_micro = t.global_batch // (t.micro_batch * dp)
     dev = device()
 
     iteration, consumed, rng = 0, 0, None
-    ckpt_dir = recipe.checkpoint.dir
+    trust = recipe.checkpoint.trust
     latest = checkpointing.latest_iteration(ckpt_dir)
     if latest is not None:
-        state = checkpointing.load(ckpt_dir, latest, chunks, optimizer, scheduler)
+        state = checkpointing.load(ckpt_dir, latest, chunks, optimizer, scheduler, trust=trust)
         iteration, consumed, rng = state["iteration"], state["consumed_samples"], state["rng"]
         if dist.get_rank() == 0:
             log(f"resumed from {checkpointing.iteration_dir(ckpt_dir, latest)} (consumed samples {consumed}; "
                 + ("RNG states restored)" if rng is not None else "layout changed: RNG states freshly seeded)"))
     elif recipe.checkpoint.pretrained:
-        checkpointing.load_pretrained(recipe.checkpoint.pretrained, chunks)
+        checkpointing.load_pretrained(recipe.checkpoint.pretrained, chunks, trust=trust)
         optimizer.reload_model_params()  # refresh fp32 main params from the loaded weights
         if dist.get_rank() == 0:
             log(f"loaded pretrained weights from {recipe.checkpoint.pretrained}")
@@ -187,6 +215,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
         return output, loss_func
 
     forward_backward = get_forward_backward_func()
+    guard = NonFiniteGuard(t.max_nonfinite_steps, f" in {ckpt_dir}" if ckpt_dir else "")
     losses: List[float] = []
     exit_code = 0
     flops_per_token = arch.flops_per_token(t.seq_length)
@@ -207,22 +236,27 @@ def train(recipe: Recipe, log=print) -> TrainResult:
                 num_microbatches=num_micro, seq_length=t.seq_length, micro_batch_size=t.micro_batch,
                 forward_only=False)
             lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler then moves on)
-            update_ok, grad_norm, _ = optimizer.step()
-            scheduler.step(increment=1)
-            iteration += 1
-            consumed += t.global_batch
-            loss = float("nan")
+            loss, loss_sum = float("nan"), None
             if ps.is_pipeline_last_stage(ignore_virtual=True):
                 totals = torch.stack([r["lm loss"] for r in reduced]).sum(0).to(dev)
                 dist.all_reduce(totals, group=ps.get_data_parallel_group())
-                loss = (totals[0] / totals[1].clamp(min=1)).item()
+                loss, loss_sum = (totals[0] / totals[1].clamp(min=1)).item(), totals[0]
+            finite = guard.step_is_finite(models, loss_sum, dev)
+            if finite:
+                update_ok, grad_norm, _ = optimizer.step()
+                scheduler.step(increment=1)
+            else:  # no update, no scheduler step (as Megatron-LM skips an fp16 overflow); the batch is consumed
+                update_ok, grad_norm = False, None
+                guard.count_skip()
+            iteration += 1
+            consumed += t.global_batch
             losses.append(loss)
             elapsed = time.perf_counter() - start
             if is_logger and (iteration % recipe.logging.interval == 0 or iteration == t.steps):
                 tokens_s = t.global_batch * t.seq_length / elapsed
                 record = dict(step=iteration, loss=round(loss, 6), lr=lr,
                               grad_norm=None if grad_norm is None else float(grad_norm), skipped=not update_ok,
-                              tokens_per_s=round(tokens_s, 1), step_s=round(elapsed, 3))
+                              nonfinite_skips=guard.total, tokens_per_s=round(tokens_s, 1), step_s=round(elapsed, 3))
                 if torch.cuda.is_available():
                     tflops = tokens_s * flops_per_token / dist.get_world_size()
                     record["tflops_per_gpu"] = round(tflops / 1e12, 1)
@@ -234,10 +268,16 @@ def train(recipe: Recipe, log=print) -> TrainResult:
                             writer.add_scalar(f"train/{key}", record[key], iteration)
             if valid is not None and (iteration % t.eval_interval == 0 or iteration == t.steps):
                 _validate(valid, models, forward_step, recipe, num_micro, dev, iteration, is_logger, writer, log)
+            if not finite:
+                if is_logger:
+                    log(f"step {iteration}: NaN/Inf loss or gradient norm, update skipped "
+                        f"({guard.streak} in a row; the run stops at {t.max_nonfinite_steps})")
+                guard.stop_if_exceeded(iteration, latest)  # NonFiniteError after train.max_nonfinite_steps in a row
             interval = recipe.checkpoint.interval
             stopping = stop.agreed()
             if ckpt_dir and (stopping or (interval and iteration % interval == 0) or iteration == t.steps):
                 checkpointing.save(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed)
+                latest = iteration
                 if is_logger:
                     log(f"saved checkpoint iteration {iteration}")
             if stopping and iteration < t.steps:
@@ -249,6 +289,8 @@ def train(recipe: Recipe, log=print) -> TrainResult:
         if writer is not None:
             writer.close()
         stop.restore()
+        if lock is not None:
+            lock.release()
         destroy()
         sys.stdout.flush()
     return TrainResult(exit_code=exit_code, iteration=iteration, losses=losses)

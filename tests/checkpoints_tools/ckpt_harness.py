@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from megatron_huatuo.models.registry import get_arch
+from megatron_huatuo.training.manifest import write_manifest
 from huatuo_testing import llama_config
 
 
@@ -74,6 +75,7 @@ def save_training_style(root: str, arch_name: str, iteration: int, tokens: torch
     dist_checkpointing.save({"model": model.sharded_state_dict(), "iteration": iteration,
                              "consumed_samples": 8}, str(target))
     dist.barrier()
+    write_manifest(target, distributed=True)
     if dist.get_rank() == 0:
         (Path(root) / "latest_checkpointed_iteration.txt").write_text(f"{iteration}\n")
     positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
@@ -130,6 +132,7 @@ def save_pp2_vpp2(root: str, arch_name: str, iteration: int) -> dict:
     dist.barrier()
     dist_checkpointing.save({**model_state(chunks), "iteration": iteration}, str(target))
     dist.barrier()
+    write_manifest(target, distributed=True)
     if dist.get_rank() == 0:
         (Path(root) / "latest_checkpointed_iteration.txt").write_text(f"{iteration}\n")
     out = {}
@@ -201,5 +204,6 @@ def reshard_through(import_dir: str, root: str, arch_name: str, tensor_parallel:
     dist.barrier()
     dist_checkpointing.save(model_state(chunks), str(target))
     dist.barrier()
+    write_manifest(target, distributed=True)
     if dist.get_rank() == 0:
         (Path(root) / MARKER).write_text("1\n")

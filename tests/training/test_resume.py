@@ -58,23 +58,13 @@ def _valid(log_dir: Path, tag: str):
     return H.valid_records((log_dir / f"{tag}-rank1.log").read_text())
 
 
-def _wait(procs, timeout=180):
-    deadline = time.time() + timeout
-    try:
-        return [p.wait(timeout=max(1, deadline - time.time())) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-
-
 @pytest.fixture(scope="module", params=[pytest.param(name, marks=pytest.mark.slow) if name in SLOW_LAYOUTS else name
                                         for name in sorted(LAYOUTS)])
 def runs(request, tmp_path_factory):
     layout = LAYOUTS[request.param]
     tmp = tmp_path_factory.mktemp("train")
     straight = _launch(tmp / "ck-straight", tmp, "straight", layout)
-    codes_straight = _wait(straight)
+    codes_straight = H.wait_all(straight)
 
     interrupted = _launch(tmp / "ck-resume", tmp, "first", layout)
     deadline = time.time() + 150
@@ -83,14 +73,14 @@ def runs(request, tmp_path_factory):
     for p in interrupted:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
-    codes_first = _wait(interrupted)
+    codes_first = H.wait_all(interrupted)
     marker = (tmp / "ck-resume" / "latest_checkpointed_iteration.txt").read_text().strip()
     relayout = None
     if request.param in RELAYOUT:  # the same interrupted checkpoint, resumed with another parallel layout
         shutil.copytree(tmp / "ck-resume", tmp / "ck-relayout")
-        relayout = _wait(_launch(tmp / "ck-relayout", tmp, "relayout", RELAYOUT[request.param]))
+        relayout = H.wait_all(_launch(tmp / "ck-relayout", tmp, "relayout", RELAYOUT[request.param]))
 
-    codes_second = _wait(_launch(tmp / "ck-resume", tmp, "second", layout))
+    codes_second = H.wait_all(_launch(tmp / "ck-resume", tmp, "second", layout))
     return dict(tmp=tmp, codes=(codes_straight, codes_first, codes_second), marker=marker, relayout=relayout,
                 layout=request.param,
                 straight=_losses(tmp, "straight"), first=_losses(tmp, "first"), second=_losses(tmp, "second"),

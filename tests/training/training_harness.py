@@ -12,10 +12,12 @@ def reference_loss(ckpt_dir: str, prefix: str, seq: int, rows: int, seed: int = 
     from megatron_huatuo.data.sample import attention_mask_from_segments
     from megatron_huatuo.models.provider import build_model, transformer_config
     from megatron_huatuo.runtime import initialize
+    from megatron_huatuo.training.manifest import write_manifest
 
     initialize(seed=seed)
     model = build_model("tiny-baichuan2-7b", transformer_config("tiny-baichuan2-7b"), masked_segments=True)
     dist_checkpointing.save({"model": model.sharded_state_dict()}, ckpt_dir)
+    write_manifest(ckpt_dir)  # what checkpoint.pretrained checks before loading
     ds = IndexedDocumentsDataset([prefix], seq)
     batch = {k: torch.stack([ds[i][k] for i in range(rows)]) for k in ds[0]}
     with torch.no_grad():
@@ -64,6 +66,19 @@ def run_trainer(overrides, timeout: float, world: int = 2):
             if p.poll() is None:
                 p.kill()
     return [p.returncode for p in procs], outputs
+
+
+def wait_all(procs, timeout: float = 180):
+    """Return codes of ``procs`` waited for ``timeout`` seconds in all; what is still running is then killed."""
+    import time
+
+    deadline = time.time() + timeout
+    try:
+        return [p.wait(timeout=max(1, deadline - time.time())) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
 
 
 def step_records(text: str) -> list:
