@@ -14,7 +14,12 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from megatron_huatuo.models.registry import get_arch
+from megatron_huatuo.models import hf_config as hfc
+
+
+class ReferenceModelError(RuntimeError):
+    """The Hugging Face model could not be loaded or run (e.g. Baichuan's remote code on an unsupported
+    transformers version): reported in one line with exit code 2, apart from a tolerance failure (exit 1)."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +30,7 @@ class VerifyOptions:
     tol: float = 1e-3
     dtype: str = "float32"
     iteration: Optional[int] = None
+    hf_config: Optional[str] = None  # the checkpoint's architecture as a config.json (default: recorded / --hf's)
 
 
 @dataclass(frozen=True)
@@ -40,21 +46,29 @@ class VerifyResult:
                 f"over {self.positions} positions: {verdict}")
 
 
+NATIVE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
 def _hf_kind(hf_dir: Path) -> str:
-    """``llama`` or ``baichuan`` from config.json; a Baichuan export without its remote code is an error."""
+    """``llama`` / ``mistral`` / ``qwen2`` (transformers' own classes) or ``baichuan`` (remote code) from
+    config.json; a Baichuan export without the four files of Baichuan's remote code is an error naming them."""
+    from checkpoints_tools.convert import BAICHUAN_REMOTE_CODE
+
     path = hf_dir / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found (an exported Hugging Face directory has a config.json)")
     config = json.loads(path.read_text())
     archs = config.get("architectures") or []
-    if config.get("model_type") == "llama" or "LlamaForCausalLM" in archs:
-        return "llama"
+    for kind, cls in NATIVE.items():
+        if config.get("model_type") == kind or cls in archs:
+            return kind
     if config.get("model_type") == "baichuan" or "BaichuanForCausalLM" in archs:
-        if not (hf_dir / "modeling_baichuan.py").exists():
+        missing = [f for f in BAICHUAN_REMOTE_CODE if not (hf_dir / f).exists()]
+        if missing:
             raise ValueError(
-                f"{hf_dir} is in Baichuan's format but has no modeling_baichuan.py (Baichuan's remote code, not "
-                "shipped here): copy modeling_baichuan.py and configuration_baichuan.py from the released "
-                "checkpoint into it, or export with --format llama (RoPE archs) and verify that")
+                f"{hf_dir} is in Baichuan's format but lacks {', '.join(missing)} (Baichuan's remote code, not "
+                f"shipped here): copy {', '.join(BAICHUAN_REMOTE_CODE)} from the released checkpoint into it, "
+                "or export with --format llama (RoPE archs) and verify that")
         return "baichuan"
     raise ValueError(f"{path}: cannot verify architectures={archs} model_type={config.get('model_type')!r}")
 
@@ -119,24 +133,42 @@ def _megatron_logits(path: Path, arch, dtype: torch.dtype, tokens: torch.Tensor)
 def _hf_logits(hf_dir: Path, kind: str, dtype: torch.dtype, tokens: torch.Tensor) -> torch.Tensor:
     import transformers
 
-    if kind == "llama":
-        model = transformers.LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=dtype)
-    else:
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtype, trust_remote_code=True)
-    model.eval()
-    with torch.no_grad():
-        return model(tokens).logits.float()
+    try:
+        if kind in NATIVE:
+            model = getattr(transformers, NATIVE[kind]).from_pretrained(str(hf_dir), dtype=dtype)
+        else:
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtype,
+                                                                      trust_remote_code=True)
+        model.eval()
+        with torch.no_grad():
+            return model(tokens).logits.float()
+    except Exception as err:  # the reference model's own failure, not a logit difference
+        where = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        hint = ""
+        if kind == "baichuan":
+            hint = (f" (Baichuan's remote code targets transformers 4.x; this is {transformers.__version__}; "
+                    "the 13B code also needs accelerate)")
+        raise ReferenceModelError(f"the Hugging Face model in {hf_dir} failed to load or run: "
+                                  f"{type(err).__name__}: {where}{hint}") from None
 
 
-def verify(ckpt: str, hf_dir: str, arch_name: str, options: VerifyOptions = VerifyOptions()) -> VerifyResult:
-    from checkpoints_tools.convert import _embedding_meta, resolve_checkpoint
+def verify(ckpt: str, hf_dir: str, arch_name: Optional[str], options: VerifyOptions = VerifyOptions()
+           ) -> VerifyResult:
+    """``arch_name`` / ``options.hf_config`` / what the checkpoint recorded give the megatron arch (compared when
+    several are known); with none of them, the HF directory's own config.json."""
+    from checkpoints_tools.convert import _embedding_meta, export_arch, resolve_checkpoint
 
     hf = Path(hf_dir)
     if not hf.is_dir():
         raise FileNotFoundError(f"Hugging Face directory not found: {hf}")
     kind = _hf_kind(hf)
     path = resolve_checkpoint(ckpt, options.iteration)
-    arch = get_arch(arch_name)
+    try:
+        arch, _ = export_arch(ckpt, arch_name, options.hf_config, path)
+    except hfc.HFConfigError as err:
+        if arch_name or options.hf_config or not str(err).startswith("no architecture"):
+            raise
+        arch = hfc.arch_from_config(hf)
     vocab = _embedding_meta(path).global_shape[0]
     if vocab != arch.vocab_size:
         arch = arch.with_overrides(vocab_size=vocab)
