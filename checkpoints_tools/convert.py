@@ -303,8 +303,8 @@ def export(ckpt: str, arch_name: Optional[str], out: str, options: ExportOptions
     from megatron_huatuo.runtime import destroy, initialize
 
     path = resolve_checkpoint(ckpt, options.iteration)
+    arch, source = export_arch(ckpt, arch_name, options.hf_config, path)  # before megatron-core is imported
     meta = _embedding_meta(path)
-    arch, source = export_arch(ckpt, arch_name, options.hf_config, path)
     vocab = options.vocab_size or meta.global_shape[0]
     if vocab != arch.vocab_size:
         arch = arch.with_overrides(vocab_size=vocab)

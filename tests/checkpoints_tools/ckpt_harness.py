@@ -283,36 +283,45 @@ def _layout_logits(ckpt_dirs, tokens, tensor_parallel, pipeline_parallel, first_
     return out
 
 
-def byom_import_and_tp1(jobs, tokens):
-    """Run in one spawned rank: ``import_hf(hf, None, out)`` (no --arch: config.json decides) for each
-    (hf, out) of ``jobs``, then TP1 logits of each import."""
+def byom_import_tp1_export(jobs, tokens):
+    """Run in one spawned rank, for each (hf, import dir, export dir) of ``jobs``: ``import_hf(hf, None, ...)`` (no
+    --arch: config.json decides), ``export(import dir, None, ...)`` (the arch the import recorded); returns the TP1
+    logits of each import."""
     import os
 
     from checkpoints_tools import convert
     from megatron_huatuo.runtime.distributed import free_port
 
-    for hf, out in jobs:
-        os.environ["MASTER_PORT"] = str(free_port())  # each import creates and destroys its own process group
-        convert.import_hf(hf, None, out)
+    for hf, imported, _ in jobs:
+        os.environ["MASTER_PORT"] = str(free_port())  # each conversion creates and destroys its own process group
+        convert.import_hf(hf, None, imported)
+    for _, imported, exported in jobs:
+        os.environ["MASTER_PORT"] = str(free_port())
+        convert.export(imported, None, exported)
     os.environ["MASTER_PORT"] = str(free_port())
-    return _layout_logits([out for _, out in jobs], tokens, 1, 1, [None] * len(jobs))
+    return _layout_logits([imported for _, imported, _ in jobs], tokens, 1, 1, [None] * len(jobs))
 
 
-def byom_tp2_and_uneven_pp2(ckpt_dirs, tokens, first_stage_layers):
-    """Run in each of 2 ranks: logits of every import at TP=2, then at PP=2 with an uneven first stage."""
+def byom_parallel_and_train(ckpt_dirs, tokens, first_stage_layers, trainings):
+    """Run in each of 2 ranks: logits of every import at TP=2 and at PP=2 with an uneven first stage, then the
+    trainer (``training.loop.train``) for each recipe override list of ``trainings``; returns (tp2, pp2, this
+    rank's losses per training)."""
+    import os
+
+    import torch.distributed as dist
+
+    from megatron_huatuo.config.recipe import load_recipe
+    from megatron_huatuo.runtime import destroy
+    from megatron_huatuo.runtime.distributed import free_port
+    from megatron_huatuo.training.loop import train
+
     tp2 = _layout_logits(ckpt_dirs, tokens, 2, 1, [None] * len(ckpt_dirs))
     pp2 = _layout_logits(ckpt_dirs, tokens, 1, 2, first_stage_layers)
-    return tp2, pp2
-
-
-def byom_export(jobs):
-    """Run in one spawned rank: ``export(ckpt, None, out)`` for each (ckpt, out): the arch comes from what the
-    import recorded."""
-    import os
-
-    from checkpoints_tools import convert
-    from megatron_huatuo.runtime.distributed import free_port
-
-    for ckpt, out in jobs:
-        os.environ["MASTER_PORT"] = str(free_port())
-        convert.export(ckpt, None, out)
+    ports = [free_port() for _ in trainings] if dist.get_rank() == 0 else [None] * len(trainings)
+    dist.broadcast_object_list(ports, src=0)  # each train() makes and destroys its own process group
+    destroy()
+    losses = []
+    for port, overrides in zip(ports, trainings):
+        os.environ["MASTER_PORT"] = str(port)
+        losses.append(train(load_recipe(None, overrides, world_size=2), log=lambda _msg: None).losses)
+    return tp2, pp2, losses

@@ -34,9 +34,17 @@ def load_dir(path):
     return out
 
 
+SEQ, GLOBAL_BATCH = 16, 4
+# trained 3 steps from each import, each at another layout (world 2): tied llama at an uneven PP=2 (megatron-core's
+# shared embedding across stages), mistral at TP=2, qwen2 at DP=2 with the distributed optimizer
+LAYOUTS = {"llama": ["parallel.pp=2", "parallel.first_stage_layers=3"], "mistral": ["parallel.tp=2"],
+           "qwen2": ["parallel.distributed_optimizer=true"]}
+
+
 @pytest.fixture(scope="module")
 def byom(tmp_path_factory):
-    """The three source models saved with save_pretrained, imported without --arch, and their reference logits."""
+    """The three source models saved with save_pretrained, imported without --arch and exported back (one spawned
+    process), then loaded at TP2 / uneven PP2 and trained (two spawned processes)."""
     root = tmp_path_factory.mktemp("byom")
     g = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, 256, (2, 12), generator=g)
@@ -47,9 +55,18 @@ def byom(tmp_path_factory):
         with torch.no_grad():
             refs[name] = model(tokens).logits
         models[name] = model
-    jobs = [(str(root / n), str(root / f"{n}.mc")) for n in NAMES]
-    (tp1,) = run_distributed(H.byom_import_and_tp1, world_size=1, args=(jobs, tokens), timeout=600)
-    return dict(root=root, tokens=tokens, models=models, refs=refs, tp1=dict(zip(NAMES, tp1)))
+    jobs = [(str(root / n), str(root / f"{n}.mc"), str(root / f"{n}.hf")) for n in NAMES]
+    (tp1,) = run_distributed(H.byom_import_tp1_export, world_size=1, args=(jobs, tokens), timeout=600)
+    common = [f"train.steps=3", f"train.global_batch={GLOBAL_BATCH}", "train.micro_batch=1",
+              f"train.seq_length={SEQ}", "data.type=synthetic", "data.repeat=2", "optimizer.lr=1e-3",
+              "schedule.warmup_fraction=0"]
+    trainings = [common + LAYOUTS[n] + [f"model.hf_config={root / f'{n}.mc'}",
+                                        f"checkpoint.pretrained={root / f'{n}.mc'}",
+                                        f"checkpoint.dir={root / f'{n}.run'}"] for n in NAMES]
+    ranks = run_distributed(H.byom_parallel_and_train, world_size=2,
+                            args=([j[1] for j in jobs], tokens, [FIRST_STAGE[n] for n in NAMES], trainings),
+                            timeout=900)
+    return dict(root=root, tokens=tokens, models=models, refs=refs, tp1=dict(zip(NAMES, tp1)), ranks=ranks)
 
 
 def test_import_reads_config_json(byom):
@@ -71,10 +88,7 @@ def test_tp1_logits_equal_transformers(byom, name):
 
 
 def test_tp2_and_uneven_pp2_logits_equal_transformers(byom):
-    dirs = [str(byom["root"] / f"{n}.mc") for n in NAMES]
-    ranks = run_distributed(H.byom_tp2_and_uneven_pp2, world_size=2,
-                            args=(dirs, byom["tokens"], [FIRST_STAGE[n] for n in NAMES]), timeout=600)
-    for rank, (tp2, pp2) in enumerate(ranks):
+    for rank, (tp2, pp2, _) in enumerate(byom["ranks"]):
         for name, logits in zip(NAMES, tp2):
             torch.testing.assert_close(logits, byom["refs"][name], rtol=5e-5, atol=5e-5, msg=f"TP2 {name}")
         for name, logits in zip(NAMES, pp2):
@@ -86,8 +100,6 @@ def test_tp2_and_uneven_pp2_logits_equal_transformers(byom):
 
 def test_export_is_bit_identical_and_loads_in_transformers(byom):
     root = byom["root"]
-    run_distributed(H.byom_export, world_size=1, args=([(str(root / f"{n}.mc"), str(root / f"{n}.hf"))
-                                                       for n in NAMES],), timeout=600)
     for name in NAMES:
         source = load_dir(root / name)
         back = load_dir(root / f"{name}.hf")
@@ -103,16 +115,41 @@ def test_export_is_bit_identical_and_loads_in_transformers(byom):
             torch.testing.assert_close(reloaded(byom["tokens"]).logits, byom["refs"][name], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_three_training_steps_from_each_import(byom, name):
+    """The first step's loss is the transformers model's loss on the same first global batch (the trainer loaded
+    the import at its layout), and training moves it; the run records the arch for export."""
+    from megatron_huatuo.data.synthetic import SyntheticDataset
+
+    from megatron_huatuo.config.recipe import TrainSection
+
+    data = SyntheticDataset(256, SEQ, 3 * GLOBAL_BATCH, seed=TrainSection().seed, repeat=2)
+    rows = [data[i] for i in range(GLOBAL_BATCH)]
+    tokens, labels = torch.stack([r["tokens"] for r in rows]), torch.stack([r["labels"] for r in rows])
+    with torch.no_grad():
+        logits = byom["models"][name](tokens).logits
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)).item()
+    losses = byom["ranks"][1][2][NAMES.index(name)]  # rank 1: the last pipeline stage
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    assert losses[0] == pytest.approx(expected, rel=1e-5)
+    assert losses[2] < losses[0]
+    recorded = json.loads((byom["root"] / f"{name}.run" / "huatuo_checkpoint.json").read_text())["arch_spec"]
+    imported = json.loads((byom["root"] / f"{name}.mc" / "huatuo_checkpoint.json").read_text())["arch_spec"]
+    assert recorded == imported
+
+
 def test_mismatching_arch_is_refused_by_field(byom, tmp_path):
-    """A 5-layer, 8-head llama imported as the 4-layer tiny-yi preset: refused naming the fields, nothing written."""
+    """A 5-layer, 8-head, tied llama imported as the 4-layer tiny-yi preset: refused naming the fields, exit 2,
+    nothing written; a config.json that contradicts the weights; an export --arch against the recorded arch."""
+    from checkpoints_tools import convert
+
     proc = cli("import", "--hf", byom["root"] / "llama", "--arch", "tiny-yi", "--out", tmp_path / "o")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     for field in ("num_layers: 4 vs 5", "tie_embeddings: False vs True", "rotary_base", "rope_scaling_factor"):
         assert field in proc.stderr, proc.stderr
     assert not (tmp_path / "o").exists()
 
-    # a config.json that contradicts the weights: one layer dropped from the config
-    bad = tmp_path / "bad"
+    bad = tmp_path / "bad"  # one layer dropped from the config: the weights of layer 2 have no place
     bad.mkdir()
     (bad / "model.safetensors").symlink_to(byom["root"] / "qwen2" / "model.safetensors")
     config = json.loads((byom["root"] / "qwen2" / "config.json").read_text())
@@ -122,6 +159,6 @@ def test_mismatching_arch_is_refused_by_field(byom, tmp_path):
     assert proc.returncode == 2 and "model.layers.2." in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "o2").exists()
 
-    # export: an --arch that contradicts what the import recorded
-    proc = cli("export", "--ckpt", byom["root"] / "mistral.mc", "--arch", "tiny-yi", "--out", tmp_path / "o3")
-    assert proc.returncode == 2 and "num_layers" in proc.stderr and "head_dim: 8 vs 24" in proc.stderr, proc.stderr
+    with pytest.raises(ValueError, match=r"num_layers: 4 vs 3.*head_dim: 8 vs 24"):
+        convert.export(str(byom["root"] / "mistral.mc"), "tiny-yi", str(tmp_path / "o3"))
+    assert not (tmp_path / "o3").exists()
