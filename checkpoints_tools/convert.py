@@ -252,14 +252,22 @@ def export_arch(ckpt: str, arch_name: Optional[str], hf_config: Optional[str], p
     return arch, source
 
 
-def _token_ids(source_config: Optional[dict], arch: ArchSpec) -> dict:
+def _token_ids(source_config: Optional[dict], arch: ArchSpec, tokenizer: Optional[Path] = None) -> dict:
+    """bos/eos/pad ids: the source model's config; else the SentencePiece ``tokenizer.model`` given with
+    --tokenizer (a tokenizer of one's own, as the demo trains); else the presets' (Baichuan2, Yi)."""
     if source_config is not None:
         return {k: source_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
                 if source_config.get(k) is not None}
+    if tokenizer is not None and (tokenizer / "tokenizer.model").is_file():
+        import sentencepiece
+
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(tokenizer / "tokenizer.model"))
+        ids = {"bos_token_id": sp.bos_id(), "eos_token_id": sp.eos_id(), "pad_token_id": sp.pad_id()}
+        return {k: v for k, v in ids.items() if v >= 0}  # -1: the model has no such piece
     return dict(PRESET_TOKEN_IDS) if arch.family in ("baichuan2", "yi") else {}
 
 
-def export_config(arch: ArchSpec, fmt: str, dtype: str, source: dict) -> dict:
+def export_config(arch: ArchSpec, fmt: str, dtype: str, source: dict, tokenizer: Optional[Path] = None) -> dict:
     """config.json of the export: the source model's own (vocabulary and dtype updated) when it is of the same
     format and describes this arch, else ours for the format with the source's (or the preset's) token ids."""
     source_config = json.loads(source["config.json"].read_text()) if "config.json" in source else None
@@ -275,7 +283,7 @@ def export_config(arch: ArchSpec, fmt: str, dtype: str, source: dict) -> dict:
         return config
     family = baichuan2 if fmt == "baichuan" else llama
     config = family.hf_config(arch, dtype) if fmt == "baichuan" else llama.hf_config(arch, dtype, fmt)
-    config.update(_token_ids(source_config, arch))
+    config.update(_token_ids(source_config, arch, tokenizer))
     return config
 
 
@@ -285,7 +293,8 @@ def generation_config(arch: ArchSpec, config: dict, source: dict) -> dict:
     if "generation_config.json" in source:
         return json.loads(source["generation_config.json"].read_text())
     if arch.family == "baichuan2":
-        return dict(BAICHUAN2_GENERATION)
+        ids = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
+        return {**BAICHUAN2_GENERATION, **ids}
     return {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
 
 
@@ -315,12 +324,12 @@ def export(ckpt: str, arch_name: Optional[str], out: str, options: ExportOptions
     if fmt == "baichuan" and arch.family != "baichuan2":
         raise ValueError(f"--format baichuan needs a Baichuan2 arch, got {arch.name}")
     out_dtype = getattr(torch, options.dtype) if options.dtype else meta.dtype
-    config = export_config(arch, fmt, _DTYPE_NAME[out_dtype], source)
-    generation = generation_config(arch, config, source)
     tok = Path(options.tokenizer) if options.tokenizer else None
     if tok is not None and not tok.is_dir():
         raise FileNotFoundError(f"tokenizer directory not found: {tok}")
     copies = tokenizer_files(tok) if tok is not None else []
+    config = export_config(arch, fmt, _DTYPE_NAME[out_dtype], source, tok)
+    generation = generation_config(arch, config, source)
     try:
         with atomic_directory(out) as tmp:  # complete HF directory or none
             initialize(tensor_parallel=1, pipeline_parallel=1)

@@ -1,9 +1,10 @@
 """``verify``: run our megatron-core model (from a checkpoint) and an exported Hugging Face model on the same token
 ids and compare their logits (max absolute difference, top-1 agreement).
 
-The two models run one after the other (the megatron logits are kept, the model freed), so peak memory is one
-model in ``dtype``. The HF side is ``transformers.LlamaForCausalLM`` for a Llama export; a Baichuan-format export
-needs Baichuan's own modeling code (``modeling_baichuan.py``, remote code) in the directory.
+The two models run one after the other (the Hugging Face one first, its logits kept and the model freed), so
+peak memory is one model in ``dtype``; a reference model that fails to load or run is reported in one line (exit 2),
+apart from a tolerance failure (exit 1). The HF side is transformers' own class for a Llama / Mistral / Qwen2
+export; a Baichuan-format export needs Baichuan's four remote-code files in the directory.
 """
 from __future__ import annotations
 
@@ -176,8 +177,8 @@ def verify(ckpt: str, hf_dir: str, arch_name: Optional[str], options: VerifyOpti
     if dtype is None:
         raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {options.dtype!r}")
     tokens, mask = _token_batch(options, hf, vocab)
+    theirs = _hf_logits(hf, kind, dtype, tokens)  # first: a reference model that cannot run fails fast
     ours = _megatron_logits(path, arch, dtype, tokens)
-    theirs = _hf_logits(hf, kind, dtype, tokens)
     if ours.shape != theirs.shape:
         raise ValueError(f"logit shapes differ: megatron {tuple(ours.shape)}, Hugging Face {tuple(theirs.shape)}")
     diff = float((ours - theirs).abs()[mask].max())

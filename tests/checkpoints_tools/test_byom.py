@@ -162,3 +162,61 @@ def test_mismatching_arch_is_refused_by_field(byom, tmp_path):
     with pytest.raises(ValueError, match=r"num_layers: 4 vs 3.*head_dim: 8 vs 24"):
         convert.export(str(byom["root"] / "mistral.mc"), "tiny-yi", str(tmp_path / "o3"))
     assert not (tmp_path / "o3").exists()
+
+
+REMOTE_CONFIG = """from transformers import PretrainedConfig
+
+
+class BaichuanConfig(PretrainedConfig):
+    model_type = "baichuan"
+"""
+REMOTE_MODEL = """import torch
+from transformers import PreTrainedModel
+
+from .configuration_baichuan import BaichuanConfig
+
+
+class BaichuanForCausalLM(PreTrainedModel):
+    config_class = BaichuanConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.unused = torch.nn.Linear(1, 1)
+
+    def forward(self, input_ids, **kwargs):  # what Baichuan2-7B's code does on transformers 5.x: no rotary cache
+        raise TypeError("'NoneType' object is not subscriptable")
+"""
+
+
+def test_verify_reports_a_crashing_reference_model_in_one_line(byom, tmp_path):
+    """Remote code that crashes in its forward pass: exit 2 and one error line (exit 1 means a tolerance failure);
+    without the four remote-code files the directory is refused naming the missing ones."""
+    hf = tmp_path / "baichuan"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({
+        "architectures": ["BaichuanForCausalLM"], "model_type": "baichuan",
+        "auto_map": {"AutoConfig": "configuration_baichuan.BaichuanConfig",
+                     "AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"}}))
+    (hf / "configuration_baichuan.py").write_text(REMOTE_CONFIG)
+    proc = cli("verify", "--ckpt", byom["root"] / "llama.mc", "--hf", hf, "--tokens", 1, 2, 3)
+    assert proc.returncode == 2 and "modeling_baichuan.py, generation_utils.py, quantizer.py" in proc.stderr
+    (hf / "modeling_baichuan.py").write_text(REMOTE_MODEL)
+    for name in ("generation_utils.py", "quantizer.py"):
+        (hf / name).write_text("")
+    H.save_file({"unused.weight": torch.zeros(1, 1), "unused.bias": torch.zeros(1)}, str(hf / "model.safetensors"))
+    proc = cli("verify", "--ckpt", byom["root"] / "llama.mc", "--hf", hf, "--tokens", 1, 2, 3)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr and "failed to load or run: TypeError" in lines[-1], proc.stderr
+    assert "transformers 4.x" in lines[-1]
+
+
+@pytest.mark.slow
+def test_trained_run_exports_and_verifies_without_arch(byom, tmp_path):
+    """The tied llama trained at an uneven PP=2: export and verify read the architecture the trainer recorded."""
+    run = byom["root"] / "llama.run"
+    proc = cli("export", "--ckpt", run, "--out", tmp_path / "hf")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "lm_head.weight" not in load_dir(tmp_path / "hf")
+    ok = cli("verify", "--ckpt", run, "--hf", tmp_path / "hf", "--tol", "1e-4")
+    assert ok.returncode == 0 and "OK" in ok.stdout, ok.stdout + ok.stderr[-3000:]
