@@ -31,8 +31,9 @@ def stage_layers(num_layers: int, pipeline_parallel: int, virtual_pipeline: Opti
                              "holds the same number of layers)")
     if first is None and last is None:
         if num_layers % (pp * vpp):
-            raise ValueError(f"{num_layers} layers cannot be split evenly over pp*vpp={pp * vpp}; set "
-                             "parallel.first_stage_layers / parallel.last_stage_layers for an uneven split")
+            raise ValueError(f"{num_layers} layers cannot be split evenly over pp*vpp={pp * vpp} (pipeline_parallel="
+                             f"{pp} x virtual_pipeline={vpp}); set parallel.first_stage_layers / "
+                             "parallel.last_stage_layers for an uneven split")
         return [num_layers // pp] * pp
     middle_stages = pp - (first is not None) - (last is not None)
     middle_layers = num_layers - (first or 0) - (last or 0)
