@@ -182,6 +182,7 @@ class BaichuanForCausalLM(PreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
         self.unused = torch.nn.Linear(1, 1)
+        self.post_init()
 
     def forward(self, input_ids, **kwargs):  # what Baichuan2-7B's code does on transformers 5.x: no rotary cache
         raise TypeError("'NoneType' object is not subscriptable")
@@ -198,8 +199,10 @@ def test_verify_reports_a_crashing_reference_model_in_one_line(byom, tmp_path):
         "auto_map": {"AutoConfig": "configuration_baichuan.BaichuanConfig",
                      "AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"}}))
     (hf / "configuration_baichuan.py").write_text(REMOTE_CONFIG)
-    proc = cli("verify", "--ckpt", byom["root"] / "llama.mc", "--hf", hf, "--tokens", 1, 2, 3)
-    assert proc.returncode == 2 and "modeling_baichuan.py, generation_utils.py, quantizer.py" in proc.stderr
+    from checkpoints_tools.verify import _hf_kind
+
+    with pytest.raises(ValueError, match="lacks modeling_baichuan.py, generation_utils.py, quantizer.py"):
+        _hf_kind(hf)
     (hf / "modeling_baichuan.py").write_text(REMOTE_MODEL)
     for name in ("generation_utils.py", "quantizer.py"):
         (hf / name).write_text("")
