@@ -1,9 +1,10 @@
 """``verify``: run our megatron-core model (from a checkpoint) and an exported Hugging Face model on the same token
 ids and compare their logits (max absolute difference, top-1 agreement).
 
-The two models run one after the other (the megatron logits are kept, the model freed), so peak memory is one
-model in ``dtype``. The HF side is ``transformers.LlamaForCausalLM`` for a Llama export; a Baichuan-format export
-needs Baichuan's own modeling code (``modeling_baichuan.py``, remote code) in the directory, and runs it only when
+The two models run one after the other (the Hugging Face one first, its logits kept and the model freed), so
+peak memory is one model in ``dtype``; a reference model that fails to load or run is reported in one line (exit 2),
+apart from a tolerance failure (exit 1). The HF side is transformers' own class for a Llama / Mistral / Qwen2
+export; a Baichuan-format export needs Baichuan's four remote-code files in the directory, and runs them only when
 asked with ``--trust-remote-code``. The megatron checkpoint is checked against its manifest and read without
 arbitrary unpickling unless ``--trust-checkpoint``.
 """
@@ -16,7 +17,12 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from megatron_huatuo.models.registry import get_arch
+from megatron_huatuo.models import hf_config as hfc
+
+
+class ReferenceModelError(RuntimeError):
+    """The Hugging Face model could not be loaded or run (e.g. Baichuan's remote code on an unsupported
+    transformers version): reported in one line with exit code 2, apart from a tolerance failure (exit 1)."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,7 @@ class VerifyOptions:
     iteration: Optional[int] = None
     trust: bool = False  # --trust-checkpoint (megatron side)
     trust_remote_code: bool = False  # --trust-remote-code (HF side: a Baichuan-format directory's Python files)
+    hf_config: Optional[str] = None  # the checkpoint's architecture as a config.json (default: recorded / --hf's)
 
 
 @dataclass(frozen=True)
@@ -44,22 +51,30 @@ class VerifyResult:
                 f"over {self.positions} positions: {verdict}")
 
 
+NATIVE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
 def _hf_kind(hf_dir: Path, trust_remote_code: bool = False) -> str:
-    """``llama`` or ``baichuan`` from config.json; a Baichuan export without its remote code, or whose remote code
-    the caller did not allow to run, is an error."""
+    """``llama`` / ``mistral`` / ``qwen2`` (transformers' own classes) or ``baichuan`` (remote code) from
+    config.json; a Baichuan export without the four files of Baichuan's remote code is an error naming them, and
+    so is one whose remote code the caller did not allow to run."""
+    from checkpoints_tools.convert import BAICHUAN_REMOTE_CODE
+
     path = hf_dir / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found (an exported Hugging Face directory has a config.json)")
     config = json.loads(path.read_text())
     archs = config.get("architectures") or []
-    if config.get("model_type") == "llama" or "LlamaForCausalLM" in archs:
-        return "llama"
+    for kind, cls in NATIVE.items():
+        if config.get("model_type") == kind or cls in archs:
+            return kind
     if config.get("model_type") == "baichuan" or "BaichuanForCausalLM" in archs:
-        if not (hf_dir / "modeling_baichuan.py").exists():
+        missing = [f for f in BAICHUAN_REMOTE_CODE if not (hf_dir / f).exists()]
+        if missing:
             raise ValueError(
-                f"{hf_dir} is in Baichuan's format but has no modeling_baichuan.py (Baichuan's remote code, not "
-                "shipped here): copy modeling_baichuan.py and configuration_baichuan.py from the released "
-                "checkpoint into it, or export with --format llama (RoPE archs) and verify that")
+                f"{hf_dir} is in Baichuan's format but lacks {', '.join(missing)} (Baichuan's remote code, not "
+                f"shipped here): copy {', '.join(BAICHUAN_REMOTE_CODE)} from the released checkpoint into it, "
+                "or export with --format llama (RoPE archs) and verify that")
         if not trust_remote_code:
             raise ValueError(
                 f"{hf_dir} is in Baichuan's format: verifying it runs the directory's modeling_baichuan.py; pass "
@@ -119,18 +134,30 @@ def _megatron_logits(path: Path, arch, dtype: torch.dtype, tokens: torch.Tensor,
 def _hf_logits(hf_dir: Path, kind: str, dtype: torch.dtype, tokens: torch.Tensor) -> torch.Tensor:
     import transformers
 
-    if kind == "llama":
-        model = transformers.LlamaForCausalLM.from_pretrained(str(hf_dir), dtype=dtype)
-    else:
-        # only reached with --trust-remote-code (``_hf_kind`` refuses a Baichuan-format directory without it)
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtype, trust_remote_code=True)
-    model.eval()
-    with torch.no_grad():
-        return model(tokens).logits.float()
+    try:
+        if kind in NATIVE:
+            model = getattr(transformers, NATIVE[kind]).from_pretrained(str(hf_dir), dtype=dtype)
+        else:
+            model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=dtype,
+                                                                      trust_remote_code=True)
+        model.eval()
+        with torch.no_grad():
+            return model(tokens).logits.float()
+    except Exception as err:  # the reference model's own failure, not a logit difference
+        where = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        hint = ""
+        if kind == "baichuan":
+            hint = (f" (Baichuan's remote code targets transformers 4.x; this is {transformers.__version__}; "
+                    "the 13B code also needs accelerate)")
+        raise ReferenceModelError(f"the Hugging Face model in {hf_dir} failed to load or run: "
+                                  f"{type(err).__name__}: {where}{hint}") from None
 
 
-def verify(ckpt: str, hf_dir: str, arch_name: str, options: VerifyOptions = VerifyOptions()) -> VerifyResult:
-    from checkpoints_tools.convert import _embedding_meta, resolve_checkpoint
+def verify(ckpt: str, hf_dir: str, arch_name: Optional[str], options: VerifyOptions = VerifyOptions()
+           ) -> VerifyResult:
+    """``arch_name`` / ``options.hf_config`` / what the checkpoint recorded give the megatron arch (compared when
+    several are known); with none of them, the HF directory's own config.json."""
+    from checkpoints_tools.convert import _embedding_meta, export_arch, resolve_checkpoint
     from megatron_huatuo.training.manifest import verify_manifest
 
     hf = Path(hf_dir)
@@ -139,7 +166,12 @@ def verify(ckpt: str, hf_dir: str, arch_name: str, options: VerifyOptions = Veri
     kind = _hf_kind(hf, options.trust_remote_code)
     path = resolve_checkpoint(ckpt, options.iteration)
     verify_manifest(path, trust=options.trust)
-    arch = get_arch(arch_name)
+    try:
+        arch, _ = export_arch(ckpt, arch_name, options.hf_config, path)
+    except hfc.HFConfigError as err:
+        if arch_name or options.hf_config or not str(err).startswith("no architecture"):
+            raise
+        arch = hfc.arch_from_config(hf)
     vocab = _embedding_meta(path, options.trust).global_shape[0]
     if vocab != arch.vocab_size:
         arch = arch.with_overrides(vocab_size=vocab)
@@ -147,8 +179,8 @@ def verify(ckpt: str, hf_dir: str, arch_name: str, options: VerifyOptions = Veri
     if dtype is None:
         raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {options.dtype!r}")
     tokens, mask = _token_batch(options, hf, vocab)
+    theirs = _hf_logits(hf, kind, dtype, tokens)  # first: a reference model that cannot run fails fast
     ours = _megatron_logits(path, arch, dtype, tokens, options.trust)
-    theirs = _hf_logits(hf, kind, dtype, tokens)
     if ours.shape != theirs.shape:
         raise ValueError(f"logit shapes differ: megatron {tuple(ours.shape)}, Hugging Face {tuple(theirs.shape)}")
     diff = float((ours - theirs).abs()[mask].max())

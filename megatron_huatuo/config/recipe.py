@@ -19,9 +19,14 @@ class RecipeError(ValueError):
     """A recipe that cannot run; the message names the file and the field."""
 
 
+DEFAULT_ARCH = "tiny-baichuan2-7b"  # when a recipe names neither model.arch nor model.hf_config
+
+
 @dataclass
 class ModelConfig:
-    arch: str = "tiny-baichuan2-7b"
+    arch: Optional[str] = None  # a registry preset (megatron_huatuo.models.registry)
+    # or a Hugging Face config.json (file, HF directory, or an import directory that recorded its arch); exactly one
+    hf_config: Optional[str] = None
     vocab_size: Optional[int] = None  # overrides the arch's vocabulary (e.g. the demo's 2048-token tokenizer)
     dropout: float = 0.0  # attention and hidden dropout (the originals train without; resume restores RNG states)
 
@@ -33,6 +38,10 @@ class ParallelConfig:
     vpp: Optional[int] = None
     sp: bool = False
     distributed_optimizer: bool = False
+    # uneven pipeline split: layers of the first / last stage (megatron-core's num_layers_in_first/last_pipeline_stage;
+    # the rest split evenly over the middle stages), e.g. 5 layers at pp=2 as 3 + 2
+    first_stage_layers: Optional[int] = None
+    last_stage_layers: Optional[int] = None
 
 
 @dataclass
@@ -206,17 +215,36 @@ def load_recipe(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
     return recipe
 
 
+def resolve_arch(recipe: Recipe):
+    """The recipe's ArchSpec: ``model.arch`` (a preset) or ``model.hf_config`` (a config.json), with
+    ``model.vocab_size`` applied. ``KeyError`` / ``ValueError`` / ``FileNotFoundError`` for a bad one."""
+    from megatron_huatuo.models import hf_config
+    from megatron_huatuo.models.registry import get_arch
+
+    m = recipe.model
+    if m.hf_config:
+        arch = hf_config.resolve(hf_config=m.hf_config)
+    else:
+        arch = get_arch(m.arch or DEFAULT_ARCH)
+    if m.vocab_size is not None:
+        arch = arch.with_overrides(vocab_size=m.vocab_size)
+    return arch
+
+
 def validate(recipe: Recipe, world_size: Optional[int] = None, source: str = "<recipe>") -> int:
     """The one validation place. Returns the data-parallel size (1 when ``world_size`` is unknown)."""
-    from megatron_huatuo.models.registry import get_arch
+    from megatron_huatuo.models import hf_config
+    from megatron_huatuo.models.layout import stage_layers
 
     def fail(field_name: str, why: str):
         raise RecipeError(f"{source}: {field_name}: {why}")
 
+    if recipe.model.arch and recipe.model.hf_config:
+        fail("model.hf_config", "name the model by model.arch or by model.hf_config, not both")
     try:
-        arch = get_arch(recipe.model.arch)
-    except KeyError as exc:
-        fail("model.arch", str(exc))
+        arch = resolve_arch(recipe)
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        fail("model.hf_config" if recipe.model.hf_config else "model.arch", exc.args[0] if exc.args else str(exc))
     p, t = recipe.parallel, recipe.train
     for name, value in (("parallel.tp", p.tp), ("parallel.pp", p.pp), ("train.steps", t.steps),
                         ("train.global_batch", t.global_batch), ("train.micro_batch", t.micro_batch),
@@ -233,9 +261,24 @@ def validate(recipe: Recipe, world_size: Optional[int] = None, source: str = "<r
         fail("parallel.tp", f"{arch.name} has {arch.num_attention_heads} attention heads, not divisible by tp={p.tp}")
     if arch.num_query_groups % p.tp:
         fail("parallel.tp", f"{arch.name} has {arch.num_query_groups} KV groups, not divisible by tp={p.tp}")
-    stages = p.pp * (p.vpp or 1)
-    if arch.num_layers % stages:
-        fail("parallel.pp", f"{arch.name} has {arch.num_layers} layers, not divisible by pp*vpp={stages}")
+    try:
+        stage_layers(arch.num_layers, p.pp, p.vpp, p.first_stage_layers, p.last_stage_layers)
+    except ValueError as exc:
+        key = "parallel.pp" if p.first_stage_layers is None and p.last_stage_layers is None else "parallel"
+        fail(key, f"{arch.name} has {arch.num_layers} layers: {exc}")
+    if arch.norm_head and arch.tie_embeddings:
+        fail("model", f"{arch.name}: NormHead cannot be tied to the input embedding")
+    for key, directory in (("checkpoint.pretrained", recipe.checkpoint.pretrained),
+                           ("checkpoint.dir", recipe.checkpoint.dir)):
+        # an import (or an earlier run) records its architecture: loading it into another one is refused here,
+        # naming the fields, instead of as a shape error inside dist_checkpointing (or not at all)
+        try:
+            recorded = hf_config.recorded_arch(directory) if directory and Path(directory).is_dir() else None
+        except ValueError as exc:
+            fail(key, str(exc))
+        bad = hf_config.mismatches(arch, recorded) if recorded is not None else []
+        if bad:
+            fail(key, f"{directory} records another architecture (recipe vs recorded): {'; '.join(bad)}")
     vocab = recipe.model.vocab_size or arch.vocab_size
     if recipe.model.vocab_size is not None and recipe.model.vocab_size < 1:
         fail("model.vocab_size", "must be >= 1")

@@ -17,6 +17,7 @@ from typing import Any, List, Optional
 
 import torch
 
+from megatron_huatuo.models.layout import stage_layers
 from megatron_huatuo.models.registry import ArchSpec, get_arch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -82,12 +83,11 @@ def transformer_config(
                        ("vocab_size", arch.vocab_size)):
         if size % tensor_parallel:
             raise ValueError(f"arch {arch.name}: {name}={size} is not divisible by tensor_parallel={tensor_parallel}")
-    stages = pipeline_parallel * (virtual_pipeline or 1)
-    if layers % stages:
-        raise ValueError(
-            f"arch {arch.name}: {layers} layers cannot be split evenly over pipeline_parallel={pipeline_parallel}"
-            f" x virtual_pipeline={virtual_pipeline or 1}"
-        )
+    first, last = extra.get("num_layers_in_first_pipeline_stage"), extra.get("num_layers_in_last_pipeline_stage")
+    try:  # megatron-core's uneven-split rules, checked here with the recipe's key names
+        stage_layers(layers, pipeline_parallel, virtual_pipeline, first, last)
+    except ValueError as err:
+        raise ValueError(f"arch {arch.name}: {err}") from None
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     kwargs: dict[str, Any] = dict(
@@ -102,7 +102,7 @@ def transformer_config(
         gated_linear_unit=True,
         activation_func=torch.nn.functional.silu,
         add_bias_linear=False,
-        add_qkv_bias=False,
+        add_qkv_bias=arch.qkv_bias,
         init_method_std=arch.init_method_std,
         attention_dropout=attention_dropout,
         hidden_dropout=hidden_dropout,
@@ -242,6 +242,8 @@ def build_model(
         share_embeddings_and_output_weights=arch.tie_embeddings,
         position_embedding_type="rope" if arch.position_embedding == "rope" else "none",
         rotary_base=int(arch.rotary_base),
+        rope_scaling=arch.rope_scaling_factor is not None,
+        rope_scaling_factor=arch.rope_scaling_factor or 8.0,
         vp_stage=vp_stage,
     )
     if arch.norm_head and post_process:

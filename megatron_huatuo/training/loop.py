@@ -13,12 +13,13 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import List, Optional
 
 import torch
 import torch.distributed as dist
 
-from megatron_huatuo.config.recipe import Recipe, validate
+from megatron_huatuo.config.recipe import Recipe, resolve_arch, validate
 from megatron_huatuo.training import checkpointing
 from megatron_huatuo.training.nonfinite import NonFiniteGuard
 from megatron_huatuo.training.signals import EXIT_REQUEUE, StopRequest
@@ -39,14 +40,13 @@ def _build(recipe: Recipe):
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     from megatron_huatuo.models.provider import build_model_chunks, transformer_config
-    from megatron_huatuo.models.registry import get_arch
 
     p, t, o = recipe.parallel, recipe.train, recipe.optimizer
-    arch = get_arch(recipe.model.arch)
-    if recipe.model.vocab_size is not None:
-        arch = arch.with_overrides(vocab_size=recipe.model.vocab_size)
+    arch = resolve_arch(recipe)
     precision = "bf16" if t.precision == "fp8" else t.precision
     config = transformer_config(arch, tensor_parallel=p.tp, pipeline_parallel=p.pp, virtual_pipeline=p.vpp,
+                                num_layers_in_first_pipeline_stage=p.first_stage_layers,
+                                num_layers_in_last_pipeline_stage=p.last_stage_layers,
                                 sequence_parallel=p.sp, precision=precision,
                                 fp8="hybrid" if t.precision == "fp8" else None, recompute=t.recompute,
                                 attention_dropout=recipe.model.dropout, hidden_dropout=recipe.model.dropout,
@@ -69,6 +69,21 @@ def _build(recipe: Recipe):
     return arch, config, chunks, models, optimizer, scheduler
 
 
+def record_arch(recipe: Recipe, arch, ckpt_dir: str) -> None:
+    """``checkpoint.dir`` records the architecture (``huatuo_checkpoint.json`` + the source config.json), so
+    ``checkpoints_tools export/verify`` need no --arch (``validate`` refuses a recipe whose arch differs from a
+    recorded one)."""
+    from megatron_huatuo.models import hf_config
+
+    if hf_config.recorded_arch(ckpt_dir) is not None:
+        return
+    Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
+    source = recipe.model.hf_config or recipe.checkpoint.pretrained
+    if source and not hf_config.source_files(source):
+        source = None
+    hf_config.record(ckpt_dir, arch, {"arch": recipe.model.arch or arch.name, "source": source}, hf_config=source)
+
+
 def uses_segment_mask(recipe: Recipe) -> bool:
     """Whether rows hold several attention-isolated documents (explicit mask) or one causal sequence.
 
@@ -83,12 +98,12 @@ def _check_data(recipe: Recipe, log) -> None:
     """Refuse, before the model is built, a dataset that is truncated or holds ids past the model's vocabulary
     (megatron_huatuo/data/compat.py); every rank runs it, so all of them stop with the same one-line error."""
     from megatron_huatuo.data.compat import check_dataset_fits
-    from megatron_huatuo.models.registry import get_arch
     from megatron_huatuo.runtime import destroy
 
     vocab, vocab_from = recipe.model.vocab_size, "model.vocab_size"
     if vocab is None:
-        vocab, vocab_from = get_arch(recipe.model.arch).vocab_size, f"the vocabulary of arch {recipe.model.arch}"
+        arch = resolve_arch(recipe)
+        vocab, vocab_from = arch.vocab_size, f"the vocabulary of arch {arch.name}"
     try:
         check_dataset_fits(recipe.data, vocab, vocab_from, log=log)
         if recipe.data.valid_path:
@@ -171,6 +186,8 @@ def train(recipe: Recipe, log=print) -> TrainResult:
 
     iteration, consumed, rng = 0, 0, None
     trust = recipe.checkpoint.trust
+    if ckpt_dir and dist.get_rank() == 0:
+        record_arch(recipe, arch, ckpt_dir)
     latest = checkpointing.latest_iteration(ckpt_dir)
     if latest is not None:
         state = checkpointing.load(ckpt_dir, latest, chunks, optimizer, scheduler, trust=trust)
