@@ -158,6 +158,7 @@ def verify(ckpt: str, hf_dir: str, arch_name: Optional[str], options: VerifyOpti
     """``arch_name`` / ``options.hf_config`` / what the checkpoint recorded give the megatron arch (compared when
     several are known); with none of them, the HF directory's own config.json."""
     from checkpoints_tools.convert import _embedding_meta, export_arch, resolve_checkpoint
+    from megatron_huatuo.training import dcp_io
     from megatron_huatuo.training.manifest import verify_manifest
 
     hf = Path(hf_dir)
@@ -172,7 +173,8 @@ def verify(ckpt: str, hf_dir: str, arch_name: Optional[str], options: VerifyOpti
         if arch_name or options.hf_config or not str(err).startswith("no architecture"):
             raise
         arch = hfc.arch_from_config(hf)
-    vocab = _embedding_meta(path, options.trust).global_shape[0]
+    vocab = _embedding_meta(path, options.trust).global_shape[0]  # reads .metadata (allow-list unpickler)
+    dcp_io.load_common_state_dict(path, trust=options.trust)  # common.pt refused here, before any model runs
     if vocab != arch.vocab_size:
         arch = arch.with_overrides(vocab_size=vocab)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(options.dtype)

@@ -207,7 +207,7 @@ def test_verify_reports_a_crashing_reference_model_in_one_line(byom, tmp_path):
     for name in ("generation_utils.py", "quantizer.py"):
         (hf / name).write_text("")
     H.save_file({"unused.weight": torch.zeros(1, 1), "unused.bias": torch.zeros(1)}, str(hf / "model.safetensors"))
-    proc = cli("verify", "--ckpt", byom["root"] / "llama.mc", "--hf", hf, "--tokens", 1, 2, 3)
+    proc = cli("verify", "--ckpt", byom["root"] / "llama.mc", "--hf", hf, "--tokens", 1, 2, 3, "--trust-remote-code")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert "Traceback" not in proc.stderr and "failed to load or run: TypeError" in lines[-1], proc.stderr

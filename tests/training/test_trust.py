@@ -79,6 +79,8 @@ def test_verify_runs_remote_code_only_when_asked(tmp_path, capsys):
     hf.mkdir()
     (hf / "config.json").write_text(json.dumps({"model_type": "baichuan", "architectures": ["BaichuanForCausalLM"]}))
     (hf / "modeling_baichuan.py").write_text(f"open({str(tmp_path / 'pwned')!r}, 'w').close()\n")
+    for name in ("configuration_baichuan.py", "generation_utils.py", "quantizer.py"):  # all four remote-code files
+        (hf / name).write_text("")
     code = cli.main(["verify", "--ckpt", str(tmp_path / "none"), "--hf", str(hf), "--arch", "tiny-baichuan2-7b"])
     assert code == 2
     assert "--trust-remote-code" in capsys.readouterr().err
