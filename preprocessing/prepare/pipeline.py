@@ -27,7 +27,7 @@ from preprocessing.prepare.config import InputError, PrepareConfig, Source, chec
 from preprocessing.prepare.dedup import Deduplicator, exact_key, signature
 from preprocessing.prepare.filters import FILTER_REASONS, first_failure
 from preprocessing.prepare.readers import read_source
-from preprocessing.prepare.text import clean, detect_lang, units
+from preprocessing.prepare.text import Units, clean, detect_lang
 from megatron_huatuo.atomic import AtomicFiles
 from preprocessing.sharding import Shard, ShardError, read_records, merge_counts, merge_jsonl, shard_path
 
@@ -53,7 +53,7 @@ def process(cfg: PrepareConfig, source_lang: str, text: str) -> dict:
     """Clean, filter and key one document: ``{"lang", "text", "reason", "value"}`` or with ``key``/``minhash``."""
     text = clean(text)
     lang = detect_lang(text) if source_lang == "auto" else source_lang
-    us = units(text)
+    us = Units(text)
     failed = first_failure(text, lang, cfg, us)
     if failed:
         return {"lang": lang, "text": text, "reason": failed[0], "value": round(float(failed[1]), 4)}
