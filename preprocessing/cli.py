@@ -34,6 +34,8 @@ def _prepare(argv: list[str]) -> int:
     ap.add_argument("--workers", type=int, default=cores,
                     help="processes (default: the cores this process may run on, e.g. a Slurm allocation's)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--allow-empty", action="store_true",
+                    help="accept a source without documents (by default an error naming the file)")
     for f in dataclasses.fields(PrepareConfig):
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
                         help=f.metadata.get("help", "") + " (default: %(default)s)")
@@ -42,7 +44,7 @@ def _prepare(argv: list[str]) -> int:
         cfg = PrepareConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PrepareConfig)})
         shard = Shard.parse(args.shard)
         report = run(args.sources, args.out, cfg, shard=shard, workers=max(1, args.workers),
-                     progress=not args.quiet)
+                     progress=not args.quiet, allow_empty=args.allow_empty)
     except (InputError, ShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

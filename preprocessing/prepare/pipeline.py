@@ -104,8 +104,14 @@ def _line(rec: dict) -> str:
 
 
 # --- the shard pass --------------------------------------------------------------------------------------------
-def _owned_documents(sources: list[Source], shard: Shard) -> Iterator[tuple[int, int, str, str]]:
-    """``(global ordinal, source index, id, raw text)`` of this shard's documents, in global order."""
+def _owned_documents(sources: list[Source], shard: Shard, allow_empty: bool = False
+                     ) -> Iterator[tuple[int, int, str, str]]:
+    """``(global ordinal, source index, id, raw text)`` of this shard's documents, in global order.
+
+    A source without a single record is an error unless ``allow_empty``: an empty file is far more often a failed
+    download or a wrong path pattern than an intended input, and it would otherwise vanish from the data silently.
+    Every shard reads every record (it only parses its own), so each shard sees the same verdict.
+    """
     ordinal = 0
     for si, src in enumerate(sources):
         first = ordinal
@@ -113,16 +119,22 @@ def _owned_documents(sources: list[Source], shard: Shard) -> Iterator[tuple[int,
             if rec is not None:
                 yield ordinal, si, rec[0], rec[1]
             ordinal += 1
+        if ordinal == first and not allow_empty:
+            raise InputError(f"source {src.name!r}: {src.path} holds no documents (an empty source is an error; "
+                             f"--allow-empty accepts it)")
 
 
 def run_shard(sources: list[Source], out_dir: str | Path, cfg: PrepareConfig, shard: Shard = Shard(),
-              workers: int = 1, progress: bool = False) -> dict:
-    """Read, clean and filter this shard's documents; write its candidates, filter rejects and report."""
+              workers: int = 1, progress: bool = False, allow_empty: bool = False) -> dict:
+    """Read, clean and filter this shard's documents; write its candidates, filter rejects and report.
+
+    Raises InputError for a source without documents unless ``allow_empty``.
+    """
     check_sources(sources)
     out = Path(out_dir)
     shard_path(out / SHARD_REPORT, shard).unlink(missing_ok=True)  # unfinished until this run writes it again
     counts = {s.name: {"read": 0, "dropped": {r: 0 for r in FILTER_REASONS}} for s in sources}
-    batches = _batched(_owned_documents(sources, shard), BATCH)
+    batches = _batched(_owned_documents(sources, shard, allow_empty), BATCH)
     bar = _progress(f"prepare {shard.index}/{shard.count}", progress)
     with bar, AtomicFiles(shard_path(out / CANDIDATES, shard), shard_path(out / FILTER_REJECTS, shard)) as (
             cand_f, rej_f):
@@ -223,10 +235,10 @@ def merge(out_dir: str | Path, count: int = 1, progress: bool = False) -> dict:
 
 
 def run(sources_file: str | Path, out_dir: str | Path, cfg: PrepareConfig, shard: Optional[Shard] = None,
-        workers: int = 1, progress: bool = False) -> dict:
+        workers: int = 1, progress: bool = False, allow_empty: bool = False) -> dict:
     """``prepare`` as the CLI runs it: the shard pass, then (unsharded) the merge; returns the report written."""
     from preprocessing.prepare.config import load_sources
 
     shard = shard or Shard()
-    report = run_shard(load_sources(sources_file), out_dir, cfg, shard, workers, progress)
+    report = run_shard(load_sources(sources_file), out_dir, cfg, shard, workers, progress, allow_empty)
     return merge(out_dir, 1, progress) if shard.whole else report
