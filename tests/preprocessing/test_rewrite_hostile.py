@@ -41,6 +41,12 @@ def test_a_huge_reply_is_cut_at_the_byte_cap_and_never_cached(tmp_path):
     assert summary["counts"]["rejects"] == {"question:response_too_large": 1}
     cached = list((tmp_path / "out" / "cache").rglob("*.json"))
     assert len(cached) == 2 and max(p.stat().st_size for p in cached) < 4096  # document 1's question and answer
+    # a reply whose Content-Length already says it is too long is refused before its body is read
+    docs = write_docs(tmp_path / "one.jsonl", n=1)
+    with FakeOpenAI() as srv:
+        rewrite_file(docs, tmp_path / "small", config(srv.url, max_response_bytes=100, max_failure_rate=1.0))
+    (reject,) = lines(tmp_path / "small" / "rejects.jsonl")
+    assert reject["reason"] == "response_too_large" and "announced, over --max-response-bytes 100" in reject["output"]
 
 
 def test_replies_faking_chat_turns_are_rejected_with_their_reason(tmp_path):
