@@ -36,6 +36,8 @@ def _prepare(argv: list[str]) -> int:
     ap.add_argument("--workers", type=int, default=cores,
                     help="processes (default: the cores this process may run on, e.g. a Slurm allocation's)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--allow-empty", action="store_true",
+                    help="accept a source without documents (by default an error naming the file)")
     for f in dataclasses.fields(PrepareConfig):
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
                         help=f.metadata.get("help", "") + " (default: %(default)s)")
@@ -44,7 +46,7 @@ def _prepare(argv: list[str]) -> int:
         cfg = PrepareConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PrepareConfig)})
         shard = Shard.parse(args.shard)
         report = run(args.sources, args.out, cfg, shard=shard, workers=max(1, args.workers),
-                     progress=not args.quiet)
+                     progress=not args.quiet, allow_empty=args.allow_empty)
     except (InputError, ShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -106,7 +108,7 @@ def _rewrite(argv: list[str]) -> int:
     import logging
 
     from preprocessing.rewrite import (API_KEY_ENVS, BudgetExhausted, JobIncomplete, RewriteConfig, RewriteError,
-                                       rewrite_file)
+                                       TooManyFailures, rewrite_file)
     from preprocessing.sharding import Shard, ShardError
 
     ap = argparse.ArgumentParser(prog="python -m preprocessing rewrite",
@@ -118,12 +120,20 @@ def _rewrite(argv: list[str]) -> int:
     ap.add_argument("--base-url", required=True, help="e.g. http://localhost:8000/v1")
     ap.add_argument("--shard", default=None, help="i/n: rewrite only documents whose ordinal %% n == i")
     defaults = RewriteConfig(base_url="")
+    helps = {"timeout": "seconds per attempt in total: connect, send and the whole reply",
+             "max_response_bytes": "a longer reply is abandoned: the document becomes a reject, nothing is cached",
+             "max_failure_rate": "exit 5 (outputs written) when more than this share of the documents got no pair "
+                                 "(default: only when all of them failed)",
+             "allow_empty": "accept an input without documents (by default an error naming the file)"}
     for name, value in vars(defaults).items():
         if name == "base_url":
             continue
-        kind = {"max_requests": int, "top_p": float, "max_tokens": int, "seed": _int_or_none,
+        if isinstance(value, bool):
+            ap.add_argument("--" + name.replace("_", "-"), action="store_true", help=helps.get(name))
+            continue
+        kind = {"max_requests": int, "top_p": float, "max_tokens": int, "seed": _int_or_none, "max_failure_rate": float,
                 "price_per_1k_prompt": float, "price_per_1k_completion": float}.get(name, type(value))
-        ap.add_argument("--" + name.replace("_", "-"), type=kind, default=value)
+        ap.add_argument("--" + name.replace("_", "-"), type=kind, default=value, help=helps.get(name))
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
@@ -139,6 +149,10 @@ def _rewrite(argv: list[str]) -> int:
     except JobIncomplete as exc:
         print(f"incomplete: {exc}", file=sys.stderr)
         return 4
+    except TooManyFailures as exc:
+        print(json.dumps(exc.summary, ensure_ascii=False, sort_keys=True))
+        print(f"failed: {exc}", file=sys.stderr)
+        return 5
     except (RewriteError, ShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ from preprocessing.prepare.config import InputError, PrepareConfig, Source, chec
 from preprocessing.prepare.dedup import Deduplicator, exact_key, signature
 from preprocessing.prepare.filters import FILTER_REASONS, first_failure
 from preprocessing.prepare.readers import read_source
-from preprocessing.prepare.text import clean, detect_lang, units
+from preprocessing.prepare.text import Units, clean, detect_lang
 from megatron_huatuo.atomic import AtomicFiles, single_writer
 from preprocessing.sharding import (Shard, ShardError, read_records, merge_counts, merge_jsonl, merge_targets,
                                     shard_path, writer_target)
@@ -54,7 +54,7 @@ def process(cfg: PrepareConfig, source_lang: str, text: str) -> dict:
     """Clean, filter and key one document: ``{"lang", "text", "reason", "value"}`` or with ``key``/``minhash``."""
     text = clean(text)
     lang = detect_lang(text) if source_lang == "auto" else source_lang
-    us = units(text)
+    us = Units(text)
     failed = first_failure(text, lang, cfg, us)
     if failed:
         return {"lang": lang, "text": text, "reason": failed[0], "value": round(float(failed[1]), 4)}
@@ -105,8 +105,14 @@ def _line(rec: dict) -> str:
 
 
 # --- the shard pass --------------------------------------------------------------------------------------------
-def _owned_documents(sources: list[Source], shard: Shard) -> Iterator[tuple[int, int, str, str]]:
-    """``(global ordinal, source index, id, raw text)`` of this shard's documents, in global order."""
+def _owned_documents(sources: list[Source], shard: Shard, allow_empty: bool = False
+                     ) -> Iterator[tuple[int, int, str, str]]:
+    """``(global ordinal, source index, id, raw text)`` of this shard's documents, in global order.
+
+    A source without a single record is an error unless ``allow_empty``: an empty file is far more often a failed
+    download or a wrong path pattern than an intended input, and it would otherwise vanish from the data silently.
+    Every shard reads every record (it only parses its own), so each shard sees the same verdict.
+    """
     ordinal = 0
     for si, src in enumerate(sources):
         first = ordinal
@@ -114,17 +120,23 @@ def _owned_documents(sources: list[Source], shard: Shard) -> Iterator[tuple[int,
             if rec is not None:
                 yield ordinal, si, rec[0], rec[1]
             ordinal += 1
+        if ordinal == first and not allow_empty:
+            raise InputError(f"source {src.name!r}: {src.path} holds no documents (an empty source is an error; "
+                             f"--allow-empty accepts it)")
 
 
 @single_writer(lambda a: writer_target(a["out_dir"], a["shard"]))
 def run_shard(sources: list[Source], out_dir: str | Path, cfg: PrepareConfig, shard: Shard = Shard(),
-              workers: int = 1, progress: bool = False) -> dict:
-    """Read, clean and filter this shard's documents; write its candidates, filter rejects and report."""
+              workers: int = 1, progress: bool = False, allow_empty: bool = False) -> dict:
+    """Read, clean and filter this shard's documents; write its candidates, filter rejects and report.
+
+    Raises InputError for a source without documents unless ``allow_empty``.
+    """
     check_sources(sources)
     out = Path(out_dir)
     shard_path(out / SHARD_REPORT, shard).unlink(missing_ok=True)  # unfinished until this run writes it again
     counts = {s.name: {"read": 0, "dropped": {r: 0 for r in FILTER_REASONS}} for s in sources}
-    batches = _batched(_owned_documents(sources, shard), BATCH)
+    batches = _batched(_owned_documents(sources, shard, allow_empty), BATCH)
     bar = _progress(f"prepare {shard.index}/{shard.count}", progress)
     with bar, AtomicFiles(shard_path(out / CANDIDATES, shard), shard_path(out / FILTER_REJECTS, shard)) as (
             cand_f, rej_f):
@@ -227,10 +239,10 @@ def merge(out_dir: str | Path, count: int = 1, progress: bool = False) -> dict:
 
 @single_writer(lambda a: writer_target(a["out_dir"], a["shard"] or Shard()))
 def run(sources_file: str | Path, out_dir: str | Path, cfg: PrepareConfig, shard: Optional[Shard] = None,
-        workers: int = 1, progress: bool = False) -> dict:
+        workers: int = 1, progress: bool = False, allow_empty: bool = False) -> dict:
     """``prepare`` as the CLI runs it: the shard pass, then (unsharded) the merge; returns the report written."""
     from preprocessing.prepare.config import load_sources
 
     shard = shard or Shard()
-    report = run_shard(load_sources(sources_file), out_dir, cfg, shard, workers, progress)
+    report = run_shard(load_sources(sources_file), out_dir, cfg, shard, workers, progress, allow_empty)
     return merge(out_dir, 1, progress) if shard.whole else report
