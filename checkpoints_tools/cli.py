@@ -5,6 +5,8 @@ import argparse
 import sys
 from typing import List, Optional
 
+from megatron_huatuo.models.attention.resolve import BACKENDS
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m checkpoints_tools", description=__doc__)
@@ -35,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
     ver.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                      help="both models run in this dtype (one model in memory at a time)")
     ver.add_argument("--iteration", type=int, default=None)
+    ver.add_argument("--attention-backend", choices=list(BACKENDS), default="auto",
+                     help="core attention of our forward (models/attention; auto: local on CPU)")
     return p
 
 
@@ -49,7 +53,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             from checkpoints_tools import verify
 
             opts = verify.VerifyOptions(tokens=args.tokens, prompts=args.prompts, tokenizer=args.tokenizer,
-                                        tol=args.tol, dtype=args.dtype, iteration=args.iteration)
+                                        tol=args.tol, dtype=args.dtype, iteration=args.iteration,
+                                        attention_backend=args.attention_backend)
             result = verify.verify(args.ckpt, args.hf, args.arch, opts)
             print(result.line(args.tol))
             return 0 if result.passed else 1

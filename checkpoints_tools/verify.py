@@ -25,6 +25,7 @@ class VerifyOptions:
     tol: float = 1e-3
     dtype: str = "float32"
     iteration: Optional[int] = None
+    attention_backend: str = "auto"  # models/attention: auto | te | sdpa | flex | local (flex: forward-only on CPU)
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,9 @@ def _token_batch(options: VerifyOptions, hf_dir: Path, vocab: int) -> Tuple[torc
     return batch, torch.ones(batch.shape, dtype=torch.bool)
 
 
-def _megatron_logits(path: Path, arch, dtype: torch.dtype, tokens: torch.Tensor) -> torch.Tensor:
+def _megatron_logits(path: Path, arch, dtype: torch.dtype, tokens: torch.Tensor,
+                     attention_backend: str = "auto") -> torch.Tensor:
+    from megatron_huatuo.models.attention import build_kwargs
     from megatron_huatuo.models.provider import build_model, transformer_config
     from megatron_huatuo.runtime import destroy, initialize
     from megatron_huatuo.training.checkpointing import load_pretrained
@@ -106,7 +109,7 @@ def _megatron_logits(path: Path, arch, dtype: torch.dtype, tokens: torch.Tensor)
     try:
         initialize(tensor_parallel=1, pipeline_parallel=1)
         model = build_model(arch, transformer_config(arch, precision=precision, perform_initialization=False),
-                            parallel_output=False)
+                            parallel_output=False, **build_kwargs(attention_backend, arch))
         load_pretrained(str(path), [model])  # the trainer's own loader (megatron-core dist_checkpointing.load)
         model.eval()
         positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
@@ -144,7 +147,7 @@ def verify(ckpt: str, hf_dir: str, arch_name: str, options: VerifyOptions = Veri
     if dtype is None:
         raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {options.dtype!r}")
     tokens, mask = _token_batch(options, hf, vocab)
-    ours = _megatron_logits(path, arch, dtype, tokens)
+    ours = _megatron_logits(path, arch, dtype, tokens, options.attention_backend)
     theirs = _hf_logits(hf, kind, dtype, tokens)
     if ours.shape != theirs.shape:
         raise ValueError(f"logit shapes differ: megatron {tuple(ours.shape)}, Hugging Face {tuple(theirs.shape)}")

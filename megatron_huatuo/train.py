@@ -23,7 +23,11 @@ def main(argv=None) -> int:
         return 2
     from megatron_huatuo.training.loop import train
 
-    return train(recipe, log=lambda msg: print(msg, flush=True)).exit_code
+    try:
+        return train(recipe, log=lambda msg: print(msg, flush=True)).exit_code
+    except RecipeError as exc:  # settings this machine cannot run (e.g. model.attention_backend=flex on CPU)
+        print(f"error: {args.config}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -339,3 +339,73 @@ def fail_on_rank_one(seconds_to_hang: float = 0.0) -> int:
     if not seconds_to_hang and rank == 1:
         raise ValueError("rank one says no")
     return rank
+
+
+# (tensor_parallel, sequence_parallel, recompute) of the attention-backend checks
+BACKEND_LAYOUTS = [(1, False, "none"), (2, True, "selective")]
+
+
+def backend_segments(batch: int, seq: int) -> torch.Tensor:
+    """Packed rows for the backend checks: three documents, then (second row) trailing padding (segment -1)."""
+    segment_ids = torch.zeros(batch, seq, dtype=torch.long)
+    segment_ids[:, 5:] = 1
+    segment_ids[:, 12:] = 2
+    segment_ids[-1, seq - 4:] = -1
+    return segment_ids
+
+
+def backend_checks(arch_names: List[str], backends: List[str], seed: int = 1234) -> Dict[tuple, dict]:
+    """Every backend against ``local`` from the same weights, at TP=1 and TP=2 + SP (+ selective recompute).
+
+    Per (layout, family, backend, rows): the largest |logit - local logit| and |local logit| on this rank (vocab
+    shard), and for backends that train on CPU the largest |grad - local grad| and |local grad| over all
+    parameters after backward of a fixed random projection of the logits. Rows: ``causal`` (no mask, causal
+    model) and ``isolated`` (packed documents + padding, built ``masked_segments``, inputs from
+    ``segments.model_inputs``, as the trainer makes them).
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core.pipeline_parallel.schedules import custom_backward
+
+    from megatron_huatuo.models.attention.segments import model_inputs
+    from megatron_huatuo.models.provider import build_model, transformer_config
+    from megatron_huatuo.models.registry import get_arch
+    from megatron_huatuo.runtime import initialize
+
+    out: Dict[tuple, dict] = {}
+    for tp, sp, recompute in BACKEND_LAYOUTS:
+        initialize(tensor_parallel=tp, seed=seed)
+        rank = ps.get_tensor_model_parallel_rank()
+        for name in arch_names:
+            arch = get_arch(name)
+            config = transformer_config(arch, tensor_parallel=tp, sequence_parallel=sp, recompute=recompute)
+            gen = torch.Generator().manual_seed(11)
+            tokens = torch.randint(0, arch.vocab_size, (2, SEQ), generator=gen)
+            positions = torch.arange(SEQ).repeat(2, 1)
+            segments = backend_segments(2, SEQ)
+            probe = torch.randn(2, SEQ, arch.vocab_size // tp, generator=torch.Generator().manual_seed(rank))
+            weights = build_model(arch, config).state_dict()
+
+            def run(backend: str, isolated: bool, grads: bool):
+                model = build_model(arch, config, attention_backend=backend, masked_segments=isolated)
+                model.load_state_dict(weights)
+                inputs = model_inputs(backend, tokens, positions, segments, isolated=isolated)
+                with torch.set_grad_enabled(grads):
+                    logits = inputs(model)
+                if not grads:
+                    return logits, None
+                loss = (logits.float() * probe).sum()
+                custom_backward(loss, torch.ones_like(loss))  # as the schedules do (keeps the CPU mapping)
+                return logits.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+            for rows, isolated in (("causal", False), ("isolated", True)):
+                ref_logits, ref_grads = run("local", isolated, grads=True)
+                for backend in backends:
+                    trains = backend != "flex"  # FlexAttention has no CPU backward
+                    logits, grads = run(backend, isolated, grads=trains)
+                    result = dict(logit_diff=(logits - ref_logits).abs().max().item(),
+                                  logit_scale=ref_logits.abs().max().item())
+                    if grads is not None:
+                        result["grad_diff"] = max((grads[n] - g).abs().max().item() for n, g in ref_grads.items())
+                        result["grad_scale"] = max(g.abs().max().item() for g in ref_grads.values())
+                    out[(tp, sp, name, backend, rows)] = result
+    return out
