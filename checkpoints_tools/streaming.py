@@ -93,11 +93,12 @@ class ParamResolver:
 
 def _strategy_classes():
     """Defined lazily: megatron-core is imported only when a model is built (CLI errors stay fast)."""
-    from megatron.core.dist_checkpointing.strategies.base import SaveShardedStrategy
     from megatron.core.dist_checkpointing.strategies.torch import (
         MCoreSavePlanner, _replace_state_dict_keys_with_sharded_keys, mcore_to_pyt_state_dict)
     from torch.distributed.checkpoint import FileSystemWriter, save
     from torch.distributed.checkpoint.planner import WriteItemType
+
+    from megatron_huatuo.compat import save_strategy_base
 
     class LazyPlanner(MCoreSavePlanner):
         def __init__(self, resolve: ParamResolver):
@@ -109,7 +110,7 @@ def _strategy_classes():
                 return super().resolve_data(write_item)
             return self._resolve(self.lookup_object(write_item.index))
 
-    class StreamingSaveStrategy(SaveShardedStrategy):
+    class StreamingSaveStrategy(save_strategy_base()):
         """``torch_dist`` v1 (the backend named in metadata.json, so the default load strategy reads it)."""
 
         def __init__(self, resolve: ParamResolver):

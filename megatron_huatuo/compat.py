@@ -10,6 +10,10 @@ What differs (read from both wheels and run with both; docs/models.md):
   mapped to a no-op stream by ``runtime/cpu.py`` on CPU machines (no effect on GPUs).
 - megatron-core 0.19 logs "GPTModel IS DEPRECATED" (in favour of ``HybridModel``) once per model built; GPTModel
   still works unchanged, and every model is built in ``models/provider.py``, so the move is one file.
+- dist_checkpointing: 0.16 has strategy base classes (``strategies.base.SaveShardedStrategy``); 0.19 removed them,
+  and ``dist_checkpointing.save`` silently replaces any strategy that is not a ``TorchDistSaveShardedStrategy``
+  with its default one (:func:`save_strategy_base`; the streaming import's writer subclasses it). 0.19 also stores
+  the common state as a sharded object instead of ``common.pt``; ``load_common_state_dict`` reads both.
 - torch: ``scaled_dot_product_attention(enable_gqa=...)`` and ``flex_attention`` exist from torch 2.5.
 """
 from __future__ import annotations
@@ -58,3 +62,14 @@ def check_megatron_core() -> Tuple[int, ...]:
         raise RuntimeError(f"megatron-core {'.'.join(map(str, version))} is not supported: need "
                            f">={low[0]}.{low[1]},<{high[0]}.{high[1]} (pip install 'megatron-core>=0.16,<0.20')")
     return version
+
+
+def save_strategy_base() -> type:
+    """The class a custom ``torch_dist`` save strategy must derive from for ``dist_checkpointing.save`` to use it:
+    ``SaveShardedStrategy`` (megatron-core 0.16) or ``TorchDistSaveShardedStrategy`` (0.19, which has no base
+    classes and swaps any other strategy for its default). Both take ``(backend, version)`` and call ``save``."""
+    try:
+        from megatron.core.dist_checkpointing.strategies.base import SaveShardedStrategy
+    except ImportError:
+        from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy as SaveShardedStrategy
+    return SaveShardedStrategy
