@@ -13,7 +13,7 @@ attention backend) on synthetic rows, or on packed rows of isolated documents (`
 document lengths drawn log-normally, median ~500 tokens, written by the bench); the transformers reference
 (``LlamaForCausalLM``, sdpa attention, fp32 weights under bf16 autocast, fused torch AdamW: the original
 HuatuoGPT-II stack minus DeepSpeed) of the 7B shape; the 13B core attention alone (``flex`` vs ``local`` ALiBi,
-forward + backward, S = 1024..8192: time and peak memory); a bf16 matmul peak. Per training case: tokens/s
+forward + backward, S = 2048..8192: time and peak memory); a bf16 matmul peak. Per training case: tokens/s
 (median of the steps after warm-up), model TFLOP/s (``ArchSpec.flops_per_token``, PaLM convention), MFU against
 989 TFLOP/s (H100 dense bf16, the usual convention) and against the measured bf16 matmul peak, peak GPU memory,
 start-up (build + first steps, including compilation) reported apart.
@@ -77,7 +77,7 @@ class Shapes:
     attention_seqs: tuple
 
 
-GPU = Shapes(seq=4096, global_batch=4, warmup=2, measured=4, precision="bf16", attention_seqs=(1024, 2048, 4096, 8192))
+GPU = Shapes(seq=4096, global_batch=4, warmup=2, measured=4, precision="bf16", attention_seqs=(2048, 4096, 8192))
 SMOKE = Shapes(seq=64, global_batch=2, warmup=1, measured=2, precision="fp32", attention_seqs=(32, 64))
 
 

@@ -354,7 +354,7 @@ def backend_segments(batch: int, seq: int) -> torch.Tensor:
     return segment_ids
 
 
-def backend_checks(arch_names: List[str], backends: List[str], seed: int = 1234,
+def backend_checks(arch_names: list, backends: List[str], seed: int = 1234,
                    layouts: Optional[list] = None) -> Dict[tuple, dict]:
     """Every backend against ``local`` from the same weights, at TP=1 and TP=2 + SP (+ selective recompute).
 
@@ -381,7 +381,8 @@ def backend_checks(arch_names: List[str], backends: List[str], seed: int = 1234,
         initialize(tensor_parallel=tp, seed=seed)
         rank = ps.get_tensor_model_parallel_rank()
         for name in arch_names:
-            arch = get_arch(name)
+            arch = get_arch(name) if isinstance(name, str) else name
+            name = arch.name
             config = transformer_config(arch, tensor_parallel=tp, sequence_parallel=sp, recompute=recompute)
             gen = torch.Generator().manual_seed(11)
             tokens = torch.randint(0, arch.vocab_size, (2, SEQ), generator=gen)
@@ -418,7 +419,7 @@ def backend_checks(arch_names: List[str], backends: List[str], seed: int = 1234,
     return out
 
 
-def gpu_fast_path_checks(arch_names: List[str], flex: bool = True) -> dict:
+def gpu_fast_path_checks(arch_names: list, flex_archs: Optional[List[str]] = None) -> dict:
     """One GPU: the fast path in bf16 and its moving parts.
 
     - bf16 logits and gradients of sdpa and flex vs local (same weights, isolated packed rows);
@@ -426,7 +427,8 @@ def gpu_fast_path_checks(arch_names: List[str], flex: bool = True) -> dict:
       (``torch._dynamo.config.error_on_recompile`` after the first micro-batch);
     - megatron-core's fused SwiGLU and cross-entropy (``training.performance.fusion_fields``) give the unfused
       per-token loss and gradients (fp32).
-    ``flex=False`` leaves flex out (a CPU dry run of the rest: FlexAttention has no CPU backward).
+    ``flex_archs``: the families that also run flex (default all; each new shape costs a compilation on the
+    device's time budget; ``[]`` is a CPU dry run of the rest, FlexAttention has no CPU backward).
     """
     import torch._dynamo
 
@@ -440,7 +442,9 @@ def gpu_fast_path_checks(arch_names: List[str], flex: bool = True) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = False
     out: dict = {}
     for name in arch_names:
-        arch = get_arch(name)
+        arch = get_arch(name) if isinstance(name, str) else name
+        name = arch.name
+        flex = flex_archs is None or name in flex_archs
         gen = torch.Generator().manual_seed(5)
         tokens = torch.randint(0, arch.vocab_size, (2, 128), generator=gen).cuda()
         positions = torch.arange(128, device="cuda").repeat(2, 1)

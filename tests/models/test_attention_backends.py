@@ -33,3 +33,22 @@ def test_backend_matches_local(backend_runs, tp, sp, family, backend, rows):
         if backend == "sdpa":
             assert r["grad_scale"] > 1e-3
             assert r["grad_diff"] <= 1e-5 * max(1.0, r["grad_scale"]), r
+
+
+def test_te_rows_are_laid_end_to_end_with_document_boundaries():
+    """THD inputs for the te backend (run only where TE exists): documents end where the segment id or the row
+    changes (trailing padding is its own span); tokens become one [1, B*S] sequence; pipeline messages follow."""
+    import torch
+
+    from megatron_huatuo.models.attention.segments import model_inputs, schedule_shape
+
+    segments = torch.tensor([[0, 0, 1, 1, 1, -1], [0, 0, 0, 0, 1, 1]])
+    tokens = torch.arange(12).view(2, 6)
+    inputs = model_inputs("te", tokens, tokens.clone(), segments, tokens.clone(), isolated=True)
+    params = inputs.packed_seq_params
+    assert params.qkv_format == "thd" and params.cu_seqlens_q.tolist() == [0, 2, 5, 6, 10, 12]
+    assert params.cu_seqlens_q.dtype == torch.int32 and params.max_seqlen_q == 4
+    assert inputs.tokens.shape == (1, 12) and inputs.attention_mask is None
+    assert schedule_shape("te", True, 6, 2) == (12, 1) and schedule_shape("sdpa", True, 6, 2) == (6, 2)
+    causal = model_inputs("te", tokens, tokens, segments, isolated=False)
+    assert causal.packed_seq_params is None and causal.tokens.shape == (2, 6)
