@@ -115,8 +115,8 @@ class AlibiDotProductAttention(SdpaDotProductAttention):
         AlibiDotProductAttention._bias_cache = (key, mask_ref, bias)
         return bias
 
-    def additive_mask(self, sq: int, sk: int, attention_mask: Optional[Tensor], packed_seq_params, causal: bool,
-                      dtype, device):
+    def sdpa_mask(self, sq: int, sk: int, attention_mask: Optional[Tensor], packed_seq_params, causal: bool,
+                  dtype, device):
         """The bias with the mask folded in (the segment mask of ``SegmentParams`` or the dense mask)."""
         mask = packed_seq_params.masked() if packed_seq_params is not None else attention_mask
         return self._masked_bias(sq, sk, mask, causal, dtype, device), False

@@ -2,9 +2,9 @@
 
 - Fusions (``train.fusions``, default on with CUDA): megatron-core's fused SwiGLU (``bias_activation_fusion``:
   one kernel instead of silu, multiply and their saved intermediates; ``torch.compile``, no TE or Apex) and its
-  fused vocabulary-parallel cross-entropy (``cross_entropy_loss_fusion``, ``native`` implementation, or TE's with
-  TE); with Transformer Engine also the fused RoPE kernel and fused weight-gradient accumulation (both need TE;
-  megatron-core's softmax fusion needs Apex/TE kernels and is moot with the sdpa/flex/te attentions).
+  fused vocabulary-parallel cross-entropy (``cross_entropy_loss_fusion``, ``native`` implementation); with
+  Transformer Engine also the fused RoPE kernel, and with Apex's extension fused weight-gradient accumulation
+  (megatron-core's softmax fusion needs Apex/TE kernels and is moot with the sdpa/flex/te attentions).
 - Overlap (``parallel.overlap_grad_reduce`` / ``overlap_param_gather``, default on with CUDA; the second only
   with the distributed optimizer): data-parallel gradient reduce-scatter/all-reduce runs bucket by bucket while
   backward continues, and the distributed optimizer's parameter all-gather runs bucket by bucket during the next
@@ -15,6 +15,7 @@ On CPU (gloo; tests) everything stays off unless a recipe asks for it.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -43,14 +44,20 @@ def settings(recipe, cuda: Optional[bool] = None) -> PerformanceSettings:
 
 
 def fusion_fields(enabled: bool, transformer_impl: str, rope: bool) -> dict:
-    """``TransformerConfig`` fields of the fused kernels available with this layer implementation."""
+    """``TransformerConfig`` fields of the fused kernels available with this layer implementation.
+
+    Cross-entropy uses megatron-core's ``native`` fused implementation with or without TE (the same kernel
+    everywhere, checked equal to the unfused loss). Fused weight-gradient accumulation needs Apex's
+    ``fused_weight_gradient_mlp_cuda`` for the output layer (a megatron-core linear under either spec), so it is
+    only turned on where that extension is importable.
+    """
     if not enabled:
         return {}
-    te = transformer_impl == "transformer_engine"
-    fields = dict(bias_activation_fusion=True, cross_entropy_loss_fusion=True,
-                  cross_entropy_fusion_impl="te" if te else "native")
-    if te:
-        fields.update(gradient_accumulation_fusion=True, apply_rope_fusion=rope)
+    fields = dict(bias_activation_fusion=True, cross_entropy_loss_fusion=True, cross_entropy_fusion_impl="native")
+    if transformer_impl == "transformer_engine":
+        fields["apply_rope_fusion"] = rope  # TE's fused RoPE kernel
+        if importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None:
+            fields["gradient_accumulation_fusion"] = True
     return fields
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
 from megatron.core.transformer.enums import AttnMaskType
 from torch import Tensor
@@ -23,13 +24,15 @@ from megatron_huatuo.models.attention.base import TorchCoreAttention
 class SdpaDotProductAttention(TorchCoreAttention):
     """Causal or segment-masked attention through torch's fused SDPA kernels."""
 
-    def additive_mask(self, sq: int, sk: int, attention_mask: Optional[Tensor], packed_seq_params, causal: bool,
-                      dtype, device):
+    def sdpa_mask(self, sq: int, sk: int, attention_mask: Optional[Tensor], packed_seq_params, causal: bool,
+                  dtype, device):
         """(attn_mask for SDPA or None, is_causal). Subclasses fold a position bias in."""
         if packed_seq_params is not None:
             return packed_seq_params.allowed(), False
         if attention_mask is not None:
             return ~attention_mask.to(bool), False
+        if causal and sq != sk:  # queries are the last sq positions; SDPA's is_causal would align them first
+            return torch.ones(sq, sk, dtype=torch.bool, device=device).tril(sk - sq), False
         return None, causal
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, attention_mask: Optional[Tensor],
@@ -37,12 +40,9 @@ class SdpaDotProductAttention(TorchCoreAttention):
         """query [sq, b, np, hn], key/value [sk, b, ng, hn] -> context [sq, b, np*hn]."""
         self.check_extras(attention_bias, packed_seq_params)
         sq, sk = query.size(0), key.size(0)
-        if sq != sk:
-            raise ValueError(f"{type(self).__name__} runs full sequences (training, scoring): sq={sq} != sk={sk}")
         # Without a mask, causal unless the layer was declared otherwise (as megatron-core's own core attention).
         causal = (attn_mask_type if attn_mask_type is not None else self.attn_mask_type) == AttnMaskType.causal
-        mask, causal = self.additive_mask(sq, sk, attention_mask, packed_seq_params, causal, query.dtype,
-                                          query.device)
+        mask, causal = self.sdpa_mask(sq, sk, attention_mask, packed_seq_params, causal, query.dtype, query.device)
         # GQA: the kernels that take a mask cannot broadcast K/V heads (torch falls back to the unfused math
         # kernel), so heads are copied there; the causal flash kernel broadcasts them itself.
         broadcast = mask is None and SDPA_HAS_ENABLE_GQA and self.query_groups_ratio > 1
