@@ -1,5 +1,6 @@
 """The real training CLI (2 gloo processes, TP2) gives the same losses with ``model.attention_backend`` local and
-sdpa; training with flex on CPU is refused naming the key."""
+sdpa (slow); training with flex on CPU is refused naming the key. The trainer's isolated-document path with sdpa
+also runs in the default suite through tests/bench (``gpu_throughput.py --smoke``, indexed documents)."""
 from __future__ import annotations
 
 import subprocess
@@ -40,6 +41,7 @@ def _assert_same_training(local, sdpa):
     assert local[-1]["loss"] < local[0]["loss"]  # it trains
 
 
+@pytest.mark.slow  # ~56 CPU-seconds; the default suite covers the same path at model level (test_attention_backends)
 def test_sdpa_trains_like_local_on_isolated_packed_documents(demo_dataset):
     """Packed rows of isolated documents (segment mask: dense for local, SegmentParams for sdpa), TP2."""
     overrides = ["data.type=one_stage", f"data.path={demo_dataset}", "model.vocab_size=1200", "train.seq_length=128",
