@@ -5,6 +5,8 @@ import argparse
 import sys
 from typing import List, Optional
 
+from megatron_huatuo.models.attention.resolve import BACKENDS
+
 
 TRUST_HELP = ("load a directory without huatuo_manifest.json, with megatron-core's unrestricted unpickling (runs "
               "code a crafted checkpoint contains: only for checkpoints you trust)")
@@ -67,6 +69,8 @@ def parser() -> argparse.ArgumentParser:
     ver.add_argument("--trust-checkpoint", action="store_true", help=TRUST_HELP)
     ver.add_argument("--trust-remote-code", action="store_true",
                      help="allow a Baichuan-format HF directory's modeling_baichuan.py to run (directories you trust)")
+    ver.add_argument("--attention-backend", choices=list(BACKENDS), default="auto",
+                     help="core attention of our forward (models/attention; auto: local on CPU)")
     man = sub.add_parser("manifest", help="add a manifest (sizes + checksums) to a trusted directory saved without one")
     man.add_argument("--ckpt", required=True, help="import directory or training checkpoint.dir")
     man.add_argument("--iteration", type=int, default=None, help="default: latest_checkpointed_iteration.txt")
@@ -91,7 +95,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             opts = verify.VerifyOptions(tokens=args.tokens, prompts=args.prompts, tokenizer=args.tokenizer,
                                         tol=args.tol, dtype=args.dtype, iteration=args.iteration,
                                         trust=args.trust_checkpoint, trust_remote_code=args.trust_remote_code,
-                                        hf_config=args.hf_config)
+                                        hf_config=args.hf_config,
+                                        attention_backend=args.attention_backend)
             result = verify.verify(args.ckpt, args.hf, args.arch, opts)
             print(result.line(args.tol))
             return 0 if result.passed else 1  # 1: a tolerance failure, never a crash (those exit 2 below)

@@ -36,6 +36,7 @@ class VerifyOptions:
     trust: bool = False  # --trust-checkpoint (megatron side)
     trust_remote_code: bool = False  # --trust-remote-code (HF side: a Baichuan-format directory's Python files)
     hf_config: Optional[str] = None  # the checkpoint's architecture as a config.json (default: recorded / --hf's)
+    attention_backend: str = "auto"  # models/attention: auto | te | sdpa | flex | local (flex: forward-only on CPU)
 
 
 @dataclass(frozen=True)
@@ -121,11 +122,14 @@ def _token_batch(options: VerifyOptions, hf_dir: Path, vocab: int) -> Tuple[torc
     return batch, torch.ones(batch.shape, dtype=torch.bool)
 
 
-def _megatron_logits(path: Path, arch, dtype: torch.dtype, tokens: torch.Tensor, trust: bool) -> torch.Tensor:
+def _megatron_logits(path: Path, arch, dtype: torch.dtype, tokens: torch.Tensor, trust: bool,
+                     attention_backend: str = "auto") -> torch.Tensor:
+    from megatron_huatuo.models.attention import build_kwargs
     from megatron_huatuo.models.inference import tp1_model
 
     # the trainer's model and loader (dist_checkpointing.load, safe unpickling); the manifest was checked above
-    with tp1_model(path, arch, dtype, trust=trust, manifest_checked=True) as model:
+    with tp1_model(path, arch, dtype, trust=trust, manifest_checked=True,
+                   **build_kwargs(attention_backend, arch)) as model:
         positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
         with torch.no_grad():
             return model(tokens, positions, None).float()
@@ -182,7 +186,7 @@ def verify(ckpt: str, hf_dir: str, arch_name: Optional[str], options: VerifyOpti
         raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {options.dtype!r}")
     tokens, mask = _token_batch(options, hf, vocab)
     theirs = _hf_logits(hf, kind, dtype, tokens)  # first: a reference model that cannot run fails fast
-    ours = _megatron_logits(path, arch, dtype, tokens, options.trust)
+    ours = _megatron_logits(path, arch, dtype, tokens, options.trust, options.attention_backend)
     if ours.shape != theirs.shape:
         raise ValueError(f"logit shapes differ: megatron {tuple(ours.shape)}, Hugging Face {tuple(theirs.shape)}")
     diff = float((ours - theirs).abs()[mask].max())

@@ -33,6 +33,9 @@ def main(argv=None) -> int:
 
     try:
         return train(recipe, log=lambda msg: print(msg, flush=True)).exit_code
+    except RecipeError as exc:  # settings this machine cannot run (e.g. model.attention_backend=flex on CPU)
+        print(f"error: {args.config}: {exc}", file=sys.stderr)
+        return 2
     except (DatasetError, CheckpointDirBusy, CheckpointIntegrityError, UnsafeCheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)  # one line naming the file, field or holder
         return 2

@@ -29,6 +29,9 @@ class ModelConfig:
     hf_config: Optional[str] = None
     vocab_size: Optional[int] = None  # overrides the arch's vocabulary (e.g. the demo's 2048-token tokenizer)
     dropout: float = 0.0  # attention and hidden dropout (the originals train without; resume restores RNG states)
+    # core attention: auto | te | sdpa | flex | local (models/attention/; auto: te with TE on CUDA, else flex for
+    # ALiBi or isolated packing and sdpa for causal RoPE rows on CUDA, local on CPU)
+    attention_backend: str = "auto"
 
 
 @dataclass
@@ -42,6 +45,10 @@ class ParallelConfig:
     # the rest split evenly over the middle stages), e.g. 5 layers at pp=2 as 3 + 2
     first_stage_layers: Optional[int] = None
     last_stage_layers: Optional[int] = None
+    # GPU communication overlap (docs/training.md); null = on with CUDA, off on CPU/gloo
+    overlap_grad_reduce: Optional[bool] = None  # DP gradient reduce overlapped with backward
+    overlap_param_gather: Optional[bool] = None  # distributed optimizer's all-gather overlapped with forward
+    bucket_size: Optional[int] = None  # elements per DDP bucket; null = megatron-core's default (40M, more for big DP)
 
 
 @dataclass
@@ -68,7 +75,9 @@ class TrainSection:
     micro_batch: int = 1
     seq_length: int = 128
     seed: int = 1234
-    precision: str = "fp32"  # fp32 | bf16 | fp8
+    precision: str = "fp32"  # fp32 | bf16 | fp8 (fp8 needs Transformer Engine)
+    fp8_recipe: str = "delayed"  # delayed | tensorwise (Transformer Engine's FP8 scaling; precision fp8 only)
+    fusions: Optional[bool] = None  # megatron-core fused SwiGLU and cross-entropy (+ RoPE with TE); null = on with CUDA
     recompute: str = "none"  # none | selective | full
     eval_interval: int = 0  # validation every N steps and after the last one (needs data.valid_path); 0: none
     eval_iters: int = 0  # global batches per validation source and evaluation; 0: all of its rows
@@ -231,8 +240,23 @@ def resolve_arch(recipe: Recipe):
     return arch
 
 
+def uses_segment_mask(recipe: Recipe) -> bool:
+    """Whether rows hold several attention-isolated documents (segment ids) or one causal sequence.
+
+    Synthetic rows are one sequence, and a one-stage dataset with ``data.isolate: false`` (the original's shared
+    attention) is causal over the whole row. Those models are built causal and get no mask, so the fused causal
+    kernels run (flash attention through sdpa or TE on GPU) and no [S, S] mask is built.
+    """
+    return recipe.data.type != "synthetic" and recipe.data.isolate
+
+
 def validate(recipe: Recipe, world_size: Optional[int] = None, source: str = "<recipe>") -> int:
-    """The one validation place. Returns the data-parallel size (1 when ``world_size`` is unknown)."""
+    """The one validation place. Returns the data-parallel size (1 when ``world_size`` is unknown).
+
+    Checks here do not depend on the machine's device (``slurm submit`` validates on the login node); the
+    trainer resolves ``model.attention_backend`` against the real device (``training.loop.model_build_kwargs``).
+    """
+    from megatron_huatuo.models.attention.resolve import AttentionBackendError, check_backend, te_installed
     from megatron_huatuo.models import hf_config
     from megatron_huatuo.models.layout import stage_layers
 
@@ -286,6 +310,20 @@ def validate(recipe: Recipe, world_size: Optional[int] = None, source: str = "<r
         fail("model.vocab_size", f"{vocab} not divisible by tp={p.tp}")
     if t.precision not in ("fp32", "bf16", "fp8"):
         fail("train.precision", f"expected fp32|bf16|fp8, got {t.precision!r}")
+    if t.precision == "fp8" and not te_installed():
+        fail("train.precision", "fp8 needs Transformer Engine (pip install 'megatron-huatuo[gpu]'; NGC containers "
+                                "have it), which is not installed here: use bf16")
+    if t.fp8_recipe not in ("delayed", "tensorwise"):
+        fail("train.fp8_recipe", f"expected delayed|tensorwise, got {t.fp8_recipe!r}")
+    try:
+        check_backend(recipe.model.attention_backend, arch, attention_dropout=recipe.model.dropout)
+    except AttentionBackendError as exc:
+        fail("model.attention_backend", str(exc))
+    if p.overlap_param_gather and not p.distributed_optimizer:
+        fail("parallel.overlap_param_gather", "overlaps the distributed optimizer's all-gather: needs "
+                                              "parallel.distributed_optimizer: true")
+    if p.bucket_size is not None and p.bucket_size < 1:
+        fail("parallel.bucket_size", f"must be >= 1 (elements), got {p.bucket_size}")
     if t.recompute not in ("none", "selective", "full"):
         fail("train.recompute", f"expected none|selective|full, got {t.recompute!r}")
     if recipe.schedule.style not in ("cosine", "linear", "constant"):

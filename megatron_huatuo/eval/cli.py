@@ -19,6 +19,7 @@ from megatron_huatuo.eval.prompts import TEMPLATES
 from megatron_huatuo.eval.questions import QuestionFormatError, load_questions
 from megatron_huatuo.eval.runner import PROTOCOLS, EvalConfig, evaluate_benchmark, write_summary
 from megatron_huatuo.eval.scoring import NORMALISATIONS
+from megatron_huatuo.models.attention.resolve import BACKENDS
 
 
 def _named(option: str):
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-special-tokens", action="store_true",
                    help="do not let the tokenizer add BOS/EOS (the HuatuoGPT-II template uses no BOS)")
     p.add_argument("--trust-remote-code", action="store_true", help="needed for Baichuan-style exports (auto_map)")
+    p.add_argument("--attention-backend", choices=list(BACKENDS), default="auto",
+                   help="--megatron-ckpt: core attention of our forward (models/attention; auto: local on CPU)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="--megatron-ckpt: load a directory without manifest, with unrestricted unpickling (legacy)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
@@ -112,15 +115,17 @@ def open_model(args):
         raise ValueError("--backend vllm needs a Hugging Face --model directory")
     import torch
 
+    from megatron_huatuo.models.attention import build_kwargs
     from megatron_huatuo.models.inference import tp1_model
 
     src = m.resolve_megatron(args.megatron_ckpt, args.arch, args.tokenizer, args.iteration, args.trust_checkpoint)
     tok = m.load_tokenizer(src.tokenizer_dir, args.trust_remote_code)
     with tp1_model(src.path, src.arch, getattr(torch, args.dtype), trust=args.trust_checkpoint,
-                   manifest_checked=True) as model:
+                   manifest_checked=True, **build_kwargs(args.attention_backend, src.arch)) as model:
         lm = m.MegatronModel(model, str(src.path), src.arch.max_position_embeddings,
                              m.megatron_top_k(src.tokenizer_dir))
-        yield lm, tok, {"backend": "megatron-core", "path": str(src.path), "arch": src.arch.name,
+        yield lm, tok, {"backend": "megatron-core", "attention_backend": args.attention_backend,
+                        "path": str(src.path), "arch": src.arch.name,
                         "tokenizer": str(src.tokenizer_dir)}
 
 

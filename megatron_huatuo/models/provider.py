@@ -2,7 +2,7 @@
 
 - :func:`transformer_config` -> ``TransformerConfig`` (architecture + parallelism + precision + recomputation);
 - :func:`layer_spec` -> the transformer-layer ``ModuleSpec`` (megatron-core local modules, or Transformer Engine
-  modules), with our ALiBi core attention swapped in for ALiBi architectures;
+  modules) with the core attention of the chosen backend (``models/attention/``: local, sdpa, flex, te);
 - :func:`build_model` -> one ``GPTModel`` chunk (NormHead output layer for Baichuan2);
 - :func:`build_model_chunks` -> this rank's chunks (one, or one per virtual stage with the interleaved schedule).
 
@@ -138,13 +138,16 @@ def transformer_config(
     return TransformerConfig(**kwargs)
 
 
-def layer_spec(arch: ArchSpec | str, config, *, transformer_impl: str = "local", masked_segments: bool = False):
+def layer_spec(arch: ArchSpec | str, config, *, transformer_impl: str = "local", masked_segments: bool = False,
+               attention_backend: str = "local"):
     """The transformer-layer ``ModuleSpec`` for ``arch``.
 
     ``transformer_impl``: "local" (megatron-core's own modules; CPU and GPU) or "transformer_engine" (TE modules;
-    required for FP8). ``masked_segments``: True when the caller passes an explicit ``attention_mask`` (packed,
-    isolated documents from ``segment_ids``). The attention is then declared ``arbitrary`` so fused causal
-    kernels cannot ignore the mask; with False the model is plain causal and the mask argument should be None.
+    required for FP8). ``attention_backend``: the core attention, one of local | sdpa | flex | te (resolve
+    ``auto`` first: ``models.attention.build_kwargs``). ``masked_segments``: True when rows hold isolated
+    documents (``models.attention.segments.model_inputs`` gives each backend its inputs). The attention is then
+    declared ``arbitrary`` so fused causal kernels cannot ignore the mask (``te`` stays causal: THD documents);
+    with False the model is plain causal and takes no mask.
     """
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
@@ -152,9 +155,13 @@ def layer_spec(arch: ArchSpec | str, config, *, transformer_impl: str = "local",
     )
     from megatron.core.transformer.enums import AttnMaskType
 
+    from megatron_huatuo.models.attention import core_attention_class
+
     arch = _as_arch(arch)
     if transformer_impl not in TRANSFORMER_IMPLS:
         raise ValueError(f"transformer_impl must be one of {TRANSFORMER_IMPLS}, got {transformer_impl!r}")
+    if attention_backend == "te" and transformer_impl != "transformer_engine":
+        raise ValueError("attention_backend='te' needs transformer_impl='transformer_engine'")
     if getattr(config, "fp8", None) and transformer_impl != "transformer_engine":
         raise ValueError("fp8 training needs transformer_impl='transformer_engine'")
     if getattr(config, "context_parallel_size", 1) > 1:
@@ -178,17 +185,15 @@ def layer_spec(arch: ArchSpec | str, config, *, transformer_impl: str = "local",
         spec.submodules.pre_mlp_layernorm = RMSNorm
     attention = spec.submodules.self_attention
     attention.params = dict(attention.params or {})
-    attention.params["attn_mask_type"] = AttnMaskType.arbitrary if masked_segments else AttnMaskType.causal
-    if arch.position_embedding == "alibi":
-        from megatron_huatuo.models.alibi import AlibiDotProductAttention
-
-        # Our bias-aware core attention, also under the TE spec (TE's linear layers and fused norms are kept).
-        attention.submodules.core_attention = AlibiDotProductAttention
+    arbitrary = masked_segments and attention_backend != "te"
+    attention.params["attn_mask_type"] = AttnMaskType.arbitrary if arbitrary else AttnMaskType.causal
+    # The backend's core attention, under either spec (TE's linear layers and fused norms are kept).
+    attention.submodules.core_attention = core_attention_class(attention_backend, arch)
     return spec
 
 
 def block_spec(arch: ArchSpec | str, config, vp_stage: Optional[int] = None, *, transformer_impl: str = "local",
-               masked_segments: bool = False):
+               masked_segments: bool = False, attention_backend: str = "local"):
     """The decoder-block spec of this pipeline stage: :func:`layer_spec` repeated, and our final norm.
 
     Given only a layer spec, megatron-core picks the final norm itself (Apex, else torch's, which refuses
@@ -196,7 +201,8 @@ def block_spec(arch: ArchSpec | str, config, vp_stage: Optional[int] = None, *, 
     """
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
-    layer = layer_spec(arch, config, transformer_impl=transformer_impl, masked_segments=masked_segments)
+    layer = layer_spec(arch, config, transformer_impl=transformer_impl, masked_segments=masked_segments,
+                       attention_backend=attention_backend)
     if transformer_impl == "transformer_engine":
         from megatron.core.extensions.transformer_engine import TENorm as final_norm
     else:
@@ -214,6 +220,7 @@ def build_model(
     *,
     transformer_impl: str = "local",
     masked_segments: bool = False,
+    attention_backend: str = "local",
     max_sequence_length: Optional[int] = None,
     parallel_output: bool = True,
 ):
@@ -222,6 +229,7 @@ def build_model(
     The caller's ``config`` decides parallelism and precision (see :func:`transformer_config`).
     ``pre_process``/``post_process``: whether this chunk holds the embedding / the final norm and output layer.
     Baichuan2 gets the NormHead output layer; ALiBi architectures get no rotary embedding.
+    ``attention_backend``/``transformer_impl``/``masked_segments``: from ``models.attention.build_kwargs``.
     """
     from megatron.core.models.gpt import GPTModel
 
@@ -230,7 +238,8 @@ def build_model(
     arch = _as_arch(arch)
     if arch.norm_head and arch.tie_embeddings:
         raise ValueError(f"arch {arch.name}: NormHead cannot be tied to the input embedding")
-    spec = block_spec(arch, config, vp_stage, transformer_impl=transformer_impl, masked_segments=masked_segments)
+    spec = block_spec(arch, config, vp_stage, transformer_impl=transformer_impl, masked_segments=masked_segments,
+                      attention_backend=attention_backend)
     model = GPTModel(
         config=config,
         transformer_layer_spec=spec,

@@ -127,7 +127,8 @@ def save(root: str, iteration: int, chunks, optimizer, scheduler, consumed_sampl
         target.mkdir(parents=True)
     _barrier()
     state = model_state(chunks)
-    state["optimizer"] = optimizer.sharded_state_dict(state, metadata=OPTIMIZER_METADATA)
+    with _bucket_padding_kept(optimizer):
+        state["optimizer"] = optimizer.sharded_state_dict(state, metadata=OPTIMIZER_METADATA)
     state["scheduler"] = scheduler.state_dict()
     state["iteration"] = iteration
     state["consumed_samples"] = consumed_samples
@@ -162,6 +163,50 @@ def _materialize_adam_state(optimizer) -> None:
         inner.zero_grad()
         for group, lr in zip(inner.param_groups, saved):
             group["lr"] = lr
+
+
+@contextlib.contextmanager
+def _bucket_padding_kept(optimizer):
+    """Work around megatron-core (0.16.1 to 0.19.2) writing wrong fully-reshardable distributed-optimizer states
+    when the gradient buffer has several buckets (``overlap_grad_reduce``, on by default on CUDA).
+
+    ``get_parameter_state_dp_zero`` gathers each bucket and concatenates them *without* the padding at the end of
+    every bucket, but ``sharded_param_state_fully_reshardable`` then slices that tensor with the parameters'
+    offsets in the *padded* buffer: every parameter after the first padded bucket gets another parameter's values
+    (measured: a two-rank run saved with 20,000-element buckets resumed at a fresh model's loss). With one bucket
+    (no overlap) there is no padding in between and nothing changes. For the duration of a state-dict build, the
+    gathered tensors are put back at their buckets' offsets, so the slices are right.
+    """
+    patched = []
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        original = getattr(opt, "get_parameter_state_dp_zero", None)
+        if original is None or not getattr(opt.config, "use_distributed_optimizer", False):
+            continue
+
+        def padded(*args, _opt=opt, _original=original, **kwargs):
+            state = _original(*args, **kwargs)
+            if state is None:
+                return None
+            for gbuf_idx, buffer in enumerate(_opt.buffers):
+                for world in state[gbuf_idx].values():
+                    for key, tensor in list(world.items()):
+                        if not isinstance(tensor, torch.Tensor) or tensor.numel() != buffer.numel_unpadded:
+                            continue
+                        full, start = tensor.new_zeros(buffer.numel), 0
+                        for bucket in buffer.buckets:
+                            full[bucket.offset:bucket.offset + bucket.numel_unpadded] = \
+                                tensor[start:start + bucket.numel_unpadded]
+                            start += bucket.numel_unpadded
+                        world[key] = full
+            return state
+
+        opt.get_parameter_state_dp_zero = padded
+        patched.append(opt)
+    try:
+        yield
+    finally:
+        for opt in patched:
+            del opt.get_parameter_state_dp_zero
 
 
 @contextlib.contextmanager
@@ -220,7 +265,8 @@ def load(root: str, iteration: int, chunks, optimizer, scheduler, trust: bool = 
     manifest.verify_manifest(path, trust=trust, distributed=True)
     _materialize_adam_state(optimizer)
     template = model_state(chunks)
-    template["optimizer"] = optimizer.sharded_state_dict(template, is_loading=True, metadata=OPTIMIZER_METADATA)
+    with _bucket_padding_kept(optimizer):
+        template["optimizer"] = optimizer.sharded_state_dict(template, is_loading=True, metadata=OPTIMIZER_METADATA)
     common = dcp_io.load_common_state_dict(path, trust=trust)
     with_rng = common.get("rng_layout") == _layout()
     if with_rng:

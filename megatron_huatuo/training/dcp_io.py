@@ -46,7 +46,6 @@ import torch.distributed.checkpoint.planner as dcp_planner
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import CheckpointingException
 from megatron.core.dist_checkpointing.strategies import torch as mcore_torch
-from megatron.core.dist_checkpointing.strategies.base import SaveShardedStrategy
 from megatron.core.dist_checkpointing.strategies.common import COMMON_STATE_FNAME, TorchCommonLoadStrategy
 from megatron.core.dist_checkpointing.strategies.cached_metadata_filesystem_reader import (
     CachedMetadataFileSystemReader)
@@ -54,6 +53,10 @@ from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import StorageMeta
+
+from megatron_huatuo.compat import save_strategy_base
+
+SaveShardedStrategy = save_strategy_base()  # 0.16's base class, 0.19's torch_dist strategy (compat.py)
 
 TRUST_HINT = "load it with --trust-checkpoint / checkpoint.trust=true only if you trust where it came from"
 

@@ -19,8 +19,8 @@ from typing import List, Optional
 import torch
 import torch.distributed as dist
 
-from megatron_huatuo.config.recipe import Recipe, resolve_arch, validate
-from megatron_huatuo.training import checkpointing
+from megatron_huatuo.config.recipe import Recipe, RecipeError, resolve_arch, uses_segment_mask, validate
+from megatron_huatuo.training import checkpointing, performance
 from megatron_huatuo.training.nonfinite import NonFiniteGuard
 from megatron_huatuo.training.signals import EXIT_REQUEUE, StopRequest
 
@@ -34,7 +34,20 @@ class TrainResult:
     losses: List[float]
 
 
-def _build(recipe: Recipe):
+def model_build_kwargs(recipe: Recipe) -> dict:
+    """``build_model`` kwargs (attention backend resolved for this machine), or a ``RecipeError`` naming
+    ``model.attention_backend`` (e.g. ``flex`` training on CPU, ``te`` without CUDA)."""
+    from megatron_huatuo.models.attention import AttentionBackendError, build_kwargs
+
+    try:
+        return build_kwargs(recipe.model.attention_backend, resolve_arch(recipe),
+                            isolated=uses_segment_mask(recipe), training=True, fp8=recipe.train.precision == "fp8",
+                            attention_dropout=recipe.model.dropout)
+    except AttentionBackendError as exc:
+        raise RecipeError(f"model.attention_backend: {exc}") from None
+
+
+def _build(recipe: Recipe, build_kwargs: dict, perf: performance.PerformanceSettings):
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
@@ -48,18 +61,23 @@ def _build(recipe: Recipe):
                                 num_layers_in_first_pipeline_stage=p.first_stage_layers,
                                 num_layers_in_last_pipeline_stage=p.last_stage_layers,
                                 sequence_parallel=p.sp, precision=precision,
-                                fp8="hybrid" if t.precision == "fp8" else None, recompute=t.recompute,
-                                attention_dropout=recipe.model.dropout, hidden_dropout=recipe.model.dropout,
-                                calculate_per_token_loss=True)
-    chunks = build_model_chunks(arch, config, masked_segments=uses_segment_mask(recipe))
-    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                                               use_distributed_optimizer=p.distributed_optimizer)
+                                fp8="hybrid" if t.precision == "fp8" else None, fp8_recipe=t.fp8_recipe,
+                                recompute=t.recompute, attention_dropout=recipe.model.dropout,
+                                hidden_dropout=recipe.model.dropout, calculate_per_token_loss=True,
+                                **performance.fusion_fields(perf.fusions, build_kwargs["transformer_impl"],
+                                                            arch.position_embedding == "rope"))
+    chunks = build_model_chunks(arch, config, **build_kwargs)
+    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True,
+                                               use_distributed_optimizer=p.distributed_optimizer,
+                                               **performance.ddp_fields(perf))
     models = [DistributedDataParallel(config, ddp_config, chunk) for chunk in chunks]
     config.finalize_model_grads_func = finalize_model_grads
+    performance.install_sync_funcs(config, models, perf)
     opt_config = OptimizerConfig(optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay,
                                  adam_beta1=o.beta1, adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=o.clip_grad,
                                  bf16=precision == "bf16", params_dtype=config.params_dtype,
-                                 use_distributed_optimizer=p.distributed_optimizer)
+                                 use_distributed_optimizer=p.distributed_optimizer,
+                                 overlap_param_gather=perf.overlap_param_gather)
     optimizer = get_megatron_optimizer(opt_config, models)
     warmup = int(recipe.schedule.warmup_fraction * t.steps)
     scheduler = OptimizerParamScheduler(optimizer, init_lr=0.0 if warmup else o.lr, max_lr=o.lr, min_lr=o.min_lr,
@@ -84,16 +102,6 @@ def record_arch(recipe: Recipe, arch, ckpt_dir: str) -> None:
     hf_config.record(ckpt_dir, arch, {"arch": recipe.model.arch or arch.name, "source": source}, hf_config=source)
 
 
-def uses_segment_mask(recipe: Recipe) -> bool:
-    """Whether rows hold several attention-isolated documents (explicit mask) or one causal sequence.
-
-    Synthetic rows are one sequence, and a one-stage dataset with ``data.isolate: false`` (the original's shared
-    attention) is causal over the whole row. Those models are built causal and get no mask, so megatron-core's
-    fused causal softmax (or TE's flash attention on GPU) runs instead of a dense [S, S] mask per row.
-    """
-    return recipe.data.type != "synthetic" and recipe.data.isolate
-
-
 def _check_data(recipe: Recipe, log) -> None:
     """Refuse, before the model is built, a dataset that is truncated or holds ids past the model's vocabulary
     (megatron_huatuo/data/compat.py); every rank runs it, so all of them stop with the same one-line error."""
@@ -115,12 +123,12 @@ def _check_data(recipe: Recipe, log) -> None:
 
 
 def _validate(valid, models, forward_step, recipe: Recipe, num_micro: int, dev, iteration: int, is_logger: bool,
-              writer, log) -> None:
+              writer, log, schedule) -> None:
     """Validation loss per source (``training/validation.py``): one JSON line and TensorBoard scalars."""
     from megatron_huatuo.training.validation import evaluate, overall
 
     results = evaluate(valid, models, forward_step, eval_iters=recipe.train.eval_iters, num_micro=num_micro,
-                       micro_batch=recipe.train.micro_batch, device=dev)
+                       micro_batch=recipe.train.micro_batch, device=dev, schedule_shape=schedule)
     if not is_logger:
         return
     record = dict(step=iteration, loss=round(overall(results), 6),
@@ -168,10 +176,13 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     from torch.utils.data import DataLoader
 
     from megatron_huatuo.data.builder import ResumableDistributedSampler, build_dataset
-    from megatron_huatuo.data.sample import attention_mask_from_segments
+    from megatron_huatuo.models.attention.segments import model_inputs, schedule_shape
     from megatron_huatuo.runtime import destroy, device, initialize
 
     p, t = recipe.parallel, recipe.train
+    build_kwargs = model_build_kwargs(recipe)  # before any process group: a bad backend exits 2 at once
+    backend = build_kwargs["attention_backend"]
+    perf = performance.settings(recipe)
     stop = StopRequest()
     ctx = initialize(tensor_parallel=p.tp, pipeline_parallel=p.pp, virtual_pipeline=p.vpp,
                      sequence_parallel=p.sp, seed=t.seed)
@@ -179,8 +190,11 @@ def train(recipe: Recipe, log=print) -> TrainResult:
     _check_data(recipe, log if dist.get_rank() == 0 else None)
     ckpt_dir = recipe.checkpoint.dir
     lock = _writer_lock(ckpt_dir)  # held until the finally below (released by the kernel if the process dies)
-    arch, config, chunks, models, optimizer, scheduler = _build(recipe)
+    arch, config, chunks, models, optimizer, scheduler = _build(recipe, build_kwargs, perf)
     masked = uses_segment_mask(recipe)
+    sched_seq, sched_micro = schedule_shape(backend, masked, t.seq_length, t.micro_batch)
+    if dist.get_rank() == 0:
+        log(f"attention backend {backend} ({recipe.model.attention_backend}); {perf}")
     num_micro = t.global_batch // (t.micro_batch * dp)
     dev = device()
 
@@ -220,12 +234,14 @@ def train(recipe: Recipe, log=print) -> TrainResult:
 
     def forward_step(data_iterator, model):
         batch = {k: v.to(dev) for k, v in next(data_iterator).items()}
-        mask = attention_mask_from_segments(batch["segment_ids"]) if masked else None
-        output = model(batch["tokens"], batch["position_ids"], mask, labels=batch["labels"])
+        inputs = model_inputs(backend, batch["tokens"], batch["position_ids"], batch["segment_ids"],
+                              batch["labels"], isolated=masked)
+        output = inputs(model)
 
         def loss_func(per_token):
             loss_mask = batch["loss_mask"].float()
-            loss_sum = (per_token.float() * loss_mask).sum()
+            # [B, S]; the te backend's THD rows come back laid end to end as [1, B*S]
+            loss_sum = (per_token.float().reshape(loss_mask.shape) * loss_mask).sum()
             tokens = loss_mask.sum().to(torch.int)
             return loss_sum, tokens, {"lm loss": torch.stack([loss_sum.detach(), loss_mask.sum()])}
 
@@ -250,7 +266,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
                 forward_step_func=forward_step,
                 data_iterator=iterators if len(models) > 1 else iterators[0],
                 model=models if len(models) > 1 else models[0],
-                num_microbatches=num_micro, seq_length=t.seq_length, micro_batch_size=t.micro_batch,
+                num_microbatches=num_micro, seq_length=sched_seq, micro_batch_size=sched_micro,
                 forward_only=False)
             lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler then moves on)
             loss, loss_sum = float("nan"), None
@@ -284,7 +300,8 @@ def train(recipe: Recipe, log=print) -> TrainResult:
                         if record.get(key) is not None and not (isinstance(record[key], float) and math.isnan(record[key])):
                             writer.add_scalar(f"train/{key}", record[key], iteration)
             if valid is not None and (iteration % t.eval_interval == 0 or iteration == t.steps):
-                _validate(valid, models, forward_step, recipe, num_micro, dev, iteration, is_logger, writer, log)
+                _validate(valid, models, forward_step, recipe, num_micro, dev, iteration, is_logger, writer, log,
+                          (sched_seq, sched_micro))
             if not finite:
                 if is_logger:
                     log(f"step {iteration}: NaN/Inf loss or gradient norm, update skipped "
@@ -293,7 +310,8 @@ def train(recipe: Recipe, log=print) -> TrainResult:
             interval = recipe.checkpoint.interval
             stopping = stop.agreed()
             if ckpt_dir and (stopping or (interval and iteration % interval == 0) or iteration == t.steps):
-                checkpointing.save(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed)
+                with performance.parameters_gathered(models, perf):
+                    checkpointing.save(ckpt_dir, iteration, chunks, optimizer, scheduler, consumed)
                 latest = iteration
                 if is_logger:
                     log(f"saved checkpoint iteration {iteration}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -85,8 +85,11 @@ def _micro_batches(vset: ValidationSet, src: ValidationSource, batch: int, num_m
 
 
 def evaluate(vset: ValidationSet, models: list, forward_step: Callable, *, eval_iters: int, num_micro: int,
-             micro_batch: int, device) -> Dict[str, tuple]:
+             micro_batch: int, device, schedule_shape: Optional[Tuple[int, int]] = None) -> Dict[str, tuple]:
     """Per source ``(loss, trained tokens)``, on the last pipeline stage (``(nan, 0)`` elsewhere).
+
+    ``schedule_shape``: the (seq_length, micro_batch_size) the pipeline schedule sends, when the attention backend
+    changes it (``models/attention/segments.schedule_shape``: THD rows); default the rows' own shape.
 
     Every rank must call this at the same step: it runs collective pipeline and data-parallel communication.
     """
@@ -94,6 +97,7 @@ def evaluate(vset: ValidationSet, models: list, forward_step: Callable, *, eval_
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+    sched_seq, sched_micro = schedule_shape or (vset.seq_length, micro_batch)
     rows_per_batch = num_micro * micro_batch * dp
     forward_backward = get_forward_backward_func()
     results: Dict[str, tuple] = {}
@@ -113,7 +117,7 @@ def evaluate(vset: ValidationSet, models: list, forward_step: Callable, *, eval_
                         forward_step_func=forward_step,
                         data_iterator=iterators if len(models) > 1 else iterators[0],
                         model=models if len(models) > 1 else models[0],
-                        num_microbatches=num_micro, seq_length=vset.seq_length, micro_batch_size=micro_batch,
+                        num_microbatches=num_micro, seq_length=sched_seq, micro_batch_size=sched_micro,
                         forward_only=True)
                 if ps.is_pipeline_last_stage(ignore_virtual=True):
                     totals += torch.stack([r["lm loss"] for r in reduced]).sum(0).to(device, torch.float64)

@@ -148,3 +148,54 @@ def reference_valid_losses(ckpt_iter_dir: str, valid_dir: str, arch_name: str = 
                 count += float(trained[1:].sum())
             out[src["name"]] = (total / count, int(count))
     return out
+
+
+def bucketed_checkpoint_roundtrip(root: str, bucket_size: int = 20000) -> dict:
+    """Run in each of 2 ranks (DP2): a distributed-optimizer Adam step with a multi-bucket gradient buffer (as
+    ``overlap_grad_reduce`` makes it), the trainer's ``checkpointing.save``, then ``checkpointing.load`` into a
+    freshly initialised model and optimizer. Returns the largest parameter difference after the load and after one
+    more identical step (model parameters and optimizer state both come back)."""
+    import torch
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    from megatron_huatuo.models.provider import build_model_chunks, transformer_config
+    from megatron_huatuo.runtime import initialize
+    from megatron_huatuo.training import checkpointing
+
+    def build(seed):
+        initialize(seed=seed)
+        config = transformer_config("tiny-baichuan2-7b")
+        chunks = build_model_chunks("tiny-baichuan2-7b", config)
+        ddp = DistributedDataParallelConfig(use_distributed_optimizer=True, overlap_grad_reduce=True,
+                                            bucket_size=bucket_size, grad_reduce_in_fp32=True)
+        models = [DistributedDataParallel(config, ddp, chunk) for chunk in chunks]
+        opt = get_megatron_optimizer(OptimizerConfig(optimizer="adam", lr=1e-2, use_distributed_optimizer=True), models)
+        sched = OptimizerParamScheduler(opt, init_lr=1e-2, max_lr=1e-2, min_lr=1e-2, lr_warmup_steps=0,
+                                        lr_decay_steps=10, lr_decay_style="constant", start_wd=0.1, end_wd=0.1,
+                                        wd_incr_steps=10, wd_incr_style="constant")
+        return chunks, models, opt, sched
+
+    def step(models, opt, seed):
+        gen = torch.Generator().manual_seed(seed)
+        for model in models:
+            for param in model.parameters():
+                param.main_grad.copy_(torch.randn(param.shape, generator=gen))
+        opt.step()
+
+    chunks, models, opt, sched = build(seed=1)
+    buckets = sum(len(buffer.buckets) for model in models for buffer in model.buffers)
+    step(models, opt, seed=7)
+    checkpointing.save(root, 1, chunks, opt, sched, 8)
+    saved = {n: p.detach().clone() for n, p in chunks[0].named_parameters()}
+    step(models, opt, seed=8)
+    stepped = {n: p.detach().clone() for n, p in chunks[0].named_parameters()}
+
+    chunks2, models2, opt2, sched2 = build(seed=2)
+    checkpointing.load(root, 1, chunks2, opt2, sched2)
+    loaded = {n: p.detach().clone() for n, p in chunks2[0].named_parameters()}
+    step(models2, opt2, seed=8)
+    return dict(buckets=buckets,
+                load_diff=max((loaded[n] - saved[n]).abs().max().item() for n in saved),
+                step_diff=max((p.detach() - stepped[n]).abs().max().item() for n, p in chunks2[0].named_parameters()))
