@@ -47,13 +47,18 @@ def model_build_kwargs(recipe: Recipe) -> dict:
         raise RecipeError(f"model.attention_backend: {exc}") from None
 
 
-def _build(recipe: Recipe, build_kwargs: dict, perf: performance.PerformanceSettings):
+def _build(recipe: Recipe, build_kwargs: Optional[dict] = None,
+           perf: Optional[performance.PerformanceSettings] = None):
+    """Model chunks, DDP wrappers, optimizer and scheduler of ``recipe`` (process groups must exist); the attention
+    build kwargs and performance settings default to what :func:`train` resolves for this machine."""
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     from megatron_huatuo.models.provider import build_model_chunks, transformer_config
 
+    build_kwargs = build_kwargs if build_kwargs is not None else model_build_kwargs(recipe)
+    perf = perf if perf is not None else performance.settings(recipe)
     p, t, o = recipe.parallel, recipe.train, recipe.optimizer
     arch = resolve_arch(recipe)
     precision = "bf16" if t.precision == "fp8" else t.precision
