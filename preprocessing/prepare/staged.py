@@ -34,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Optional
@@ -646,7 +645,10 @@ def run_all(out_dir: str | Path, shards: int, partitions: int, first_stage: str 
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process (MiB; Linux reports ru_maxrss in KiB)."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if os.name == "posix" else float("nan")
+    """Peak resident memory of this process's address space (MiB; Linux's VmHWM, which unlike ru_maxrss does not
+    carry a forking parent's peak across exec), NaN where /proc is missing."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(x.split()[1]) for x in fh if x.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return float("nan")
