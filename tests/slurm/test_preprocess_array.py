@@ -52,3 +52,34 @@ def test_prepare_array_and_merge_equal_an_unsharded_run(slurm_env, tmp_path):
     assert "documents.jsonl" in produced
     for name in produced:
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+
+
+@pytest.mark.slow  # ten jobs (about 2 minutes); the chain's stages are covered in-process by test_staged_dedup.py
+def test_staged_dedup_chain_equals_an_unsharded_run(slurm_env, tmp_path):
+    """``shards --then ... --merge``: prepare x2 (+ signatures) -> pairs x3 -> decide -> write x2 -> join, each
+    stage after the previous one with afterok; the bytes of an unsharded ``prepare``."""
+    tmp_path.chmod(0o777)
+    sources = _sources(tmp_path / "sources.json")
+    ref = tmp_path / "ref"
+    subprocess.run([sys.executable, "-m", "preprocessing", "prepare", "--sources", str(sources), "--out", str(ref),
+                    "--quiet"], cwd=REPO_ROOT, check=True, capture_output=True)
+    out = tmp_path / "staged"
+    dedup = f"preprocessing prepare-dedup {{}} --out {out}"
+    proc = subprocess.run(
+        [sys.executable, "-m", "megatron_huatuo.slurm", "shards", "--shards", "2", "--cpus-per-task", "1",
+         "--job-name", "dedup", f"--sbatch-arg=--output={tmp_path}/%x-%A_%a.out", f"--sbatch-arg=--chdir={REPO_ROOT}",
+         "--then", "3: " + dedup.format("pairs") + " --shards 2 --partition {task}",
+         "--then", dedup.format("decide") + " --shards 2 --partitions 3",
+         "--then", "2: " + dedup.format("write"),
+         "--merge", dedup.format("join") + " --shards 2",
+         "--", "preprocessing", "prepare", "--sources", str(sources), "--out", str(out), "--quiet",
+         "--dedup-partitions", "3"],
+        env=slurm_env, cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1].split()[-1]
+    wait_for(lambda: job_state(slurm_env, last) in ("COMPLETED", "FAILED", "CANCELLED", "GONE"), 600, "the join job")
+    logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("dedup*.out")))
+    assert job_state(slurm_env, last) in ("COMPLETED", "GONE"), logs[-3000:]
+    assert logs.count("step exited rc=0") == 2 + 3 + 1 + 2 + 1, logs[-3000:]
+    for name in ("documents.jsonl", "rejects.jsonl", "report.json"):
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
