@@ -54,7 +54,7 @@ HASHED = np.dtype([("h0", "<u8"), ("h1", "<u8"), ("ordinal", "<i8")])
 PAIR = np.dtype([("a", "<i8"), ("b", "<i8"), ("count", "<u4")])  # classes a < b and their equal hash values
 LINK = np.dtype([("leader", "<i8"), ("member", "<i8")])  # a member of a group and its group's first document
 REASON_CODES = {1: "exact_duplicate", 2: "near_duplicate"}
-READ_BATCH = 1 << 16
+READ_BATCH = 1 << 14  # candidates parsed at a time (their text is dropped at once)
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,8 @@ def signatures(out_dir: str | Path, shard: Shard, partitions: int) -> dict:
         ords_f, sigs_f, idx_f, names_f = files[:4]
         part_f = {k: files[4 + i * partitions:4 + (i + 1) * partitions] for i, k in enumerate(kinds)}
         offset = 0
-        for batch in _batches(read_records(cand), READ_BATCH):
+        fields = ("ordinal", "source", "id", "key", "minhash")
+        for batch in _batches(({k: r[k] for k in fields} for r in read_records(cand)), READ_BATCH):
             ords = np.fromiter((r["ordinal"] for r in batch), dtype=ORDINALS, count=len(batch))
             names = [_json_line([r["source"], r["id"]]) for r in batch]
             lengths = np.fromiter((len(x) for x in names), dtype=np.int64, count=len(batch))
