@@ -230,6 +230,9 @@ def bench(n: int, shards: int, partitions: list[int], work: Path, skip_merge: bo
               f"kept {summary['kept_documents']}, dropped exact {summary['dropped']['exact_duplicate']}, near "
               f"{summary['dropped']['near_duplicate']}")
         ref = digest(prep)
+        (data / "merge-digest.json").write_text(json.dumps(ref))
+    elif (data / "merge-digest.json").exists():  # the merge's outputs from an earlier run on this corpus
+        ref = json.loads((data / "merge-digest.json").read_text())
     for p in partitions:
         shutil.rmtree(prep / "dedup", ignore_errors=True)
         print(f" staged, {p} partitions", flush=True)
@@ -260,7 +263,8 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, nargs="+", default=[8, 32])
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "dedup_scaling")
-    ap.add_argument("--skip-merge", action="store_true", help="no prepare-merge baseline (nor byte comparison)")
+    ap.add_argument("--skip-merge", action="store_true", help="no prepare-merge baseline; outputs are compared with "
+                                                                  "the digests an earlier run saved, if any")
     ap.add_argument("--pass-jobs", type=int, default=1, help="shard-pass tasks run at once (its CPU figure is "
                                                                  "then not reliable; the dedup tasks always run alone)")
     ap.add_argument("--pass-only", action="store_true", help="only generate the corpus and run the shard pass (so "

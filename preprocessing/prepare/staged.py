@@ -31,6 +31,8 @@ the first band it shares (bands are verified by value, so a 64-bit band-hash col
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import heapq
 import json
@@ -42,7 +44,7 @@ import numpy as np
 
 from megatron_huatuo.atomic import AtomicFiles
 from preprocessing.prepare.config import InputError, PrepareConfig, Source
-from preprocessing.prepare.dedup import band_shape, decode_signature, signature_dtype, similar
+from preprocessing.prepare.dedup import band_shape, similar
 from preprocessing.prepare import pipeline
 from preprocessing.sharding import Shard, ShardError, merge_counts, read_records, shard_path
 
@@ -54,6 +56,7 @@ HASHED = np.dtype([("h0", "<u8"), ("h1", "<u8"), ("ordinal", "<i8")])
 PAIR = np.dtype([("a", "<i8"), ("b", "<i8"), ("count", "<u4")])  # classes a < b and their equal hash values
 LINK = np.dtype([("leader", "<i8"), ("member", "<i8")])  # a member of a group and its group's first document
 REASON_CODES = {1: "exact_duplicate", 2: "near_duplicate"}
+SMALL_BUCKET = 64  # buckets up to this size compare all their members at once
 READ_BATCH = 1 << 14  # candidates parsed at a time (their text is dropped at once)
 
 
@@ -176,7 +179,7 @@ def signatures(out_dir: str | Path, shard: Shard, partitions: int) -> dict:
     with AtomicFiles(*paths, marker, binary=True) as files:
         ords_f, sigs_f, idx_f, names_f = files[:4]
         part_f = {k: files[4 + i * partitions:4 + (i + 1) * partitions] for i, k in enumerate(kinds)}
-        offset = 0
+        offset, width = 0, None
         fields = ("ordinal", "source", "id", "key", "minhash")
         for batch in _batches(({k: r[k] for k in fields} for r in read_records(cand)), READ_BATCH):
             ords = np.fromiter((r["ordinal"] for r in batch), dtype=ORDINALS, count=len(batch))
@@ -196,11 +199,7 @@ def signatures(out_dir: str | Path, shard: Shard, partitions: int) -> dict:
             _scatter(part_f["keys"], *_split128(keys), ords, partitions)
             _scatter(part_f["ids"], *_split128([_id_hash(r["source"], r["id"]) for r in batch]), ords, partitions)
             if near:
-                try:
-                    sigs = np.stack([decode_signature(r["minhash"], cfg, f"{cand}: ordinal {r['ordinal']}")
-                                     for r in batch])
-                except ValueError as exc:
-                    raise InputError(str(exc)) from None
+                sigs, width = _decode_batch(batch, cfg.num_perm, width, cand)
                 sigs.tofile(sigs_f)
                 bands, rows = near
                 hashes = band_hashes(sigs, bands, rows)
@@ -208,8 +207,29 @@ def signatures(out_dir: str | Path, shard: Shard, partitions: int) -> dict:
                 _scatter(part_f["bands"], hashes.ravel(), band_idx.ravel(), np.repeat(ords, bands), partitions)
             n += len(batch)
         files[-1].write(_json({"stage": "signatures", "shard": [shard.index, shard.count], "partitions": partitions,
-                               "config": asdict(cfg), "sources": rep["sources"], "documents": n}))
+                               "config": asdict(cfg), "sources": rep["sources"], "documents": n,
+                               "signature_bytes": width}))
     return {"shard": [shard.index, shard.count], "documents": n}
+
+
+def _decode_batch(batch: list[dict], num_perm: int, width: Optional[int], where: Path
+                  ) -> tuple[np.ndarray, Optional[int]]:
+    """(n, num_perm) hash values of a batch's ``minhash`` strings and their width in bytes (4 for datasketch's
+    default 32-bit scheme, 8 for 64-bit ones). Read from the strings' length, so this stage and the next need not
+    import datasketch (and scipy behind it: ~3 s and ~50 MB per task); every signature must have that length."""
+    try:
+        raw = [base64.b64decode(r["minhash"], validate=True) for r in batch]
+    except (binascii.Error, ValueError):
+        raise InputError(f"{where}: a MinHash is not base64; rerun the shard") from None
+    size = width * num_perm if width else len(raw[0])
+    if size % num_perm or size // num_perm not in (4, 8):
+        raise InputError(f"{where}: ordinal {batch[0]['ordinal']}: a MinHash of {size} bytes is not {num_perm} "
+                         "values of 4 or 8 bytes (num_perm differs from the shard pass's?)")
+    for r, x in zip(batch, raw):
+        if len(x) != size:
+            raise InputError(f"{where}: ordinal {r['ordinal']}: MinHash of {len(x)} bytes, expected {size}")
+    width = size // num_perm
+    return np.frombuffer(b"".join(raw), dtype=f"<u{width}").reshape(len(batch), num_perm), width
 
 
 def _json_line(value) -> bytes:
@@ -239,8 +259,15 @@ def _scatter(files, h0: np.ndarray, h1: np.ndarray, ords: np.ndarray, partitions
             rec[order[cuts[p]:cuts[p + 1]]].tofile(files[p])
 
 
-def _sig_settings(lay: Layout) -> tuple[PrepareConfig, list, list[dict]]:
-    """Config and sources every signatures task agreed on (all S markers must exist)."""
+@dataclass(frozen=True)
+class _Settings:
+    cfg: PrepareConfig
+    sources: list
+    signature_dtype: np.dtype
+
+
+def _sig_settings(lay: Layout) -> _Settings:
+    """Config, sources and signature width every signatures task agreed on (all S markers must exist)."""
     markers = []
     for s in lay.shard_list():
         m = _marker(lay.sig(s, "json"), f"signatures --shard {s.index}/{s.count}",
@@ -249,7 +276,12 @@ def _sig_settings(lay: Layout) -> tuple[PrepareConfig, list, list[dict]]:
             raise ShardError(f"{lay.sig(s, 'json')}: shard {s.index} ran with other settings or sources than shard "
                              "0; rerun prepare and signatures for it")
         markers.append(m)
-    return PrepareConfig(**markers[0]["config"]), markers[0]["sources"], markers
+    widths = {m["signature_bytes"] for m in markers} - {None}  # None: a shard without candidates
+    if len(widths) > 1:
+        raise ShardError(f"{lay.root / 'sig'}: the shards' MinHashes have different widths {sorted(widths)}; rerun "
+                         "prepare for all shards with one datasketch version")
+    return _Settings(PrepareConfig(**markers[0]["config"]), markers[0]["sources"],
+                     np.dtype(f"<u{widths.pop() if widths else 4}"))
 
 
 # --- stage 2: pairs (per partition) -------------------------------------------------------------------------------
@@ -286,10 +318,10 @@ def _groups(rec: np.ndarray) -> np.ndarray:
     return out
 
 
-def read_signatures(lay: Layout, ordinals: np.ndarray, cfg: PrepareConfig) -> np.ndarray:
+def read_signatures(lay: Layout, ordinals: np.ndarray, num_perm: int, dtype: np.dtype) -> np.ndarray:
     """Signature rows of the given sorted ordinals, one input shard's files mapped at a time (the shard owns
     ``ordinal % S``); a shard's pages are unmapped before the next is read."""
-    out = np.empty((len(ordinals), cfg.num_perm), dtype=signature_dtype(cfg))
+    out = np.empty((len(ordinals), num_perm), dtype=dtype)
     for s in lay.shard_list():
         pos = np.flatnonzero(ordinals % s.count == s.index)
         if not len(pos):
@@ -299,7 +331,7 @@ def read_signatures(lay: Layout, ordinals: np.ndarray, cfg: PrepareConfig) -> np
         if (rows >= len(ords)).any() or (ords[np.minimum(rows, len(ords) - 1)] != ordinals[pos]).any():
             raise ShardError(f"{lay.sig(s, 'ords.bin')}: misses ordinals another stage found; rerun signatures "
                              f"--shard {s.index}/{s.count}")
-        mm = np.memmap(lay.sig(s, "sigs.bin"), dtype=out.dtype, mode="r", shape=(len(ords), cfg.num_perm))
+        mm = np.memmap(lay.sig(s, "sigs.bin"), dtype=dtype, mode="r", shape=(len(ords), num_perm))
         out[pos] = mm[rows]
         del mm
     return out
@@ -340,23 +372,35 @@ class _PairFinder:
                 if pick.sum() >= 2:
                     self.bucket(band, ords[pick], sigs[pick])
             return
-        _, first, inv = np.unique(sigs, axis=0, return_index=True, return_inverse=True)
-        inv = inv.ravel()
-        order = np.argsort(first)  # classes by their first (smallest) ordinal
-        reps = ords[first[order]]
+        m = len(ords)
+        counts = None
+        if m <= SMALL_BUCKET:  # all equal-value counts at once (m x m x num_perm booleans)
+            counts = (sigs[:, None, :] == sigs[None, :, :]).sum(axis=2)
+            first = (counts == self.n).argmax(axis=1)  # each member's first identical member (itself if none)
+        else:
+            _, first_u, inv = np.unique(sigs, axis=0, return_index=True, return_inverse=True)
+            first = first_u[inv.ravel()]
+        alone = first == np.arange(m)
         if band == 0:  # a class is recorded once: from its band-0 bucket (all its members are there)
-            rep_of = np.empty(len(first), dtype=np.int64)
-            rep_of[order] = reps
-            member_rep = rep_of[inv]
-            other = ords != member_rep
-            self.classes.append(np.stack([member_rep[other], ords[other]], axis=1))
-        rsig = sigs[first[order]]
-        for i in range(len(reps) - 1):
-            eq = rsig[i + 1:] == rsig[i]
-            counts = eq.sum(axis=1)
-            ok = self.passes[counts] & (self._band_equal(eq).argmax(axis=1) == band)
+            self.classes.append(np.stack([ords[first[~alone]], ords[~alone]], axis=1))
+        reps = np.flatnonzero(alone)  # classes by their first (smallest) ordinal
+        if counts is not None:
+            i, j = np.triu_indices(len(reps), 1)
+            a, b = reps[i], reps[j]
+            c = counts[a, b]
+            ok = self.passes[c]
+            a, b, c = a[ok], b[ok], c[ok]
+            first_band = self._band_equal(sigs[a] == sigs[b]).argmax(axis=1) if len(a) else np.zeros(0, np.int64)
+            keep = first_band == band
+            self.pairs.append(np.stack([ords[a[keep]], ords[b[keep]], c[keep]], axis=1))
+            return
+        rsig, rords = sigs[reps], ords[reps]
+        for k in range(len(reps) - 1):
+            eq = rsig[k + 1:] == rsig[k]
+            c = eq.sum(axis=1)
+            ok = self.passes[c] & (self._band_equal(eq).argmax(axis=1) == band)
             if ok.any():
-                self.pairs.append(np.stack([np.full(int(ok.sum()), reps[i]), reps[i + 1:][ok], counts[ok]], axis=1))
+                self.pairs.append(np.stack([np.full(int(ok.sum()), rords[k]), rords[k + 1:][ok], c[ok]], axis=1))
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         pairs = np.concatenate(self.pairs) if self.pairs else np.zeros((0, 3), np.int64)
@@ -374,7 +418,8 @@ def pairs(out_dir: str | Path, shards: int, partition: Shard) -> dict:
     _check_counts(shards, partition.count)
     marker = lay.pairs(partition, "json")
     marker.unlink(missing_ok=True)
-    cfg, _, _ = _sig_settings(lay)
+    settings = _sig_settings(lay)
+    cfg = settings.cfg
     near = _near(cfg)
     inputs = {k: [lay.part(partition, s, k) for s in lay.shard_list()] for k in ("bands", "keys", "ids")}
     exact = _groups(_load(inputs["keys"], HASHED))
@@ -386,7 +431,7 @@ def pairs(out_dir: str | Path, shards: int, partition: Shard) -> dict:
         rec, runs = _runs(_load(inputs["bands"], HASHED))
         ordinals = np.unique(rec["ordinal"][_in_runs(runs)[1]])
         involved = len(ordinals)
-        sigs = read_signatures(lay, ordinals, cfg)
+        sigs = read_signatures(lay, ordinals, cfg.num_perm, settings.signature_dtype)
         size = runs[:, 1] - runs[:, 0]
         band_of = rec["h1"][runs[:, 0]].astype(np.int64)
         two = runs[size == 2, 0]
@@ -480,7 +525,8 @@ def decide(out_dir: str | Path, shards: int, partitions: int) -> dict:
     lay = Layout(Path(out_dir), shards, partitions)
     _check_counts(shards, partitions)
     lay.decided.unlink(missing_ok=True)
-    cfg, source_list, _ = _sig_settings(lay)
+    settings = _sig_settings(lay)
+    cfg, source_list = settings.cfg, settings.sources
     near = _near(cfg) is not None
     for p in lay.partition_list():
         _marker(lay.pairs(p, "json"), f"pairs --partition {p.index}/{p.count}",

@@ -135,7 +135,9 @@ def generated(seed: int, n: int, num_perm: int) -> list[dict]:
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_generated_corpora_get_the_merges_decisions(tmp_path, seed):
+def test_generated_corpora_get_the_merges_decisions(tmp_path, seed, monkeypatch):
+    if seed % 2:  # every bucket through the one-row-at-a-time path (else buckets up to 64 go all at once)
+        monkeypatch.setattr(staged, "SMALL_BUCKET", 1)
     num_perm, threshold = [(16, 0.7), (32, 0.8), (32, 0.5), (64, 0.85), (16, 0.9), (32, 1.0)][seed]
     cfg = PrepareConfig(num_perm=num_perm, near_dup_threshold=threshold, max_chars=120)
     docs = generated(seed, 400, num_perm)
