@@ -458,7 +458,7 @@ def pairs(out_dir: str | Path, shards: int, partition: Shard) -> dict:
 
 # --- stage 3: decide (one task) -----------------------------------------------------------------------------------
 def _first_kept_wins(n: int, cls: np.ndarray, grp: np.ndarray, offsets: np.ndarray, partner: np.ndarray,
-                     count: np.ndarray, num_perm: int, near: bool) -> tuple[np.ndarray, np.ndarray]:
+                     count: np.ndarray, near: bool) -> tuple[np.ndarray, np.ndarray]:
     """Replay ``Deduplicator`` over the n involved documents (indices in document order).
 
     ``cls[i]``: index of the first document with i's signature (i itself if alone); ``grp[i]``: index of the first
@@ -476,17 +476,14 @@ def _first_kept_wins(n: int, cls: np.ndarray, grp: np.ndarray, offsets: np.ndarr
                 reason[i], target[i] = 1, group_kept[g]
                 continue
             if near:
-                best, best_count = int(class_kept[c]), num_perm  # an identical signature: similarity 1
-                if best < 0:
-                    best_count = -1
-                    a, b = offsets[c], offsets[c + 1]
-                    if b > a:
-                        kept = class_kept[partner[a:b]]
-                        has = kept >= 0
-                        if has.any():
-                            k, cnt = kept[has], count[a:b][has]
-                            top = cnt == cnt.max()
-                            best, best_count = int(k[top].min()), int(cnt.max())  # most similar, earliest
+                best = int(class_kept[c])  # an identical signature kept: similarity 1, nothing beats it
+                a, b = offsets[c], offsets[c + 1]
+                if best < 0 and b > a:
+                    kept = class_kept[partner[a:b]]
+                    has = kept >= 0
+                    if has.any():
+                        k, cnt = kept[has], count[a:b][has]
+                        best = int(k[cnt == cnt.max()].min())  # the most similar kept, the earliest of equals
                 if best >= 0:
                     reason[i], target[i] = 2, best
                     continue
@@ -545,7 +542,7 @@ def decide(out_dir: str | Path, shards: int, partitions: int) -> dict:
     cnt = np.concatenate([pr["count"], pr["count"]]).astype(np.int64)
     order = np.argsort(src, kind="stable")
     offsets = np.searchsorted(src[order], np.arange(n + 1))
-    reason, target = _first_kept_wins(n, cls, grp, offsets, dst[order], cnt[order], cfg.num_perm, near)
+    reason, target = _first_kept_wins(n, cls, grp, offsets, dst[order], cnt[order], near)
     del cls, grp, src, dst, cnt, order, offsets
     dropped = np.flatnonzero(reason)
     drop_ords, drop_reason, drop_target = inv[dropped], reason[dropped], inv[target[dropped]]
