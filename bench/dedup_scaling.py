@@ -6,7 +6,7 @@ For each corpus size: a synthetic Chinese + English corpus is generated (below),
 per shard (the same shard outputs feed both engines), then ``prepare-merge`` (today's one process), then for each
 partition count every stage's tasks one after another, each task its own process. Printed per task group: tasks,
 the largest peak RSS of one task (``os.wait4``'s ``ru_maxrss``), CPU seconds (user + system of the tasks) and wall
-seconds; the staged outputs are checked byte for byte against the merge's. Start-up (interpreter, imports: ~60 MiB,
+seconds; the staged outputs are checked byte for byte against the merge's. Start-up (interpreter, imports: ~36 MiB,
 ~1 s) is inside every figure.
 
 The corpus: word-bigram (English) and character-bigram (Chinese) Markov chains learnt from the shared real corpora
