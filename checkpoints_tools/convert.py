@@ -15,25 +15,51 @@ from typing import Optional
 
 import torch
 
-from megatron_huatuo.atomic import atomic_directory
-from megatron_huatuo.models.registry import ArchSpec, get_arch
+from megatron_huatuo.atomic import atomic_directory, single_writer
+from megatron_huatuo.models import hf_config as hfc
+from megatron_huatuo.models.registry import PRESET_TOKEN_IDS, ArchSpec, get_arch
+from megatron_huatuo.training.manifest import verify_manifest, write_manifest
 from checkpoints_tools.hf_io import HFReader, write_hf
 from checkpoints_tools.mapping import baichuan2, llama
 from checkpoints_tools.streaming import GroupLoader, build_meta_model, model_params, save_streaming
 
 MARKER = "latest_checkpointed_iteration.txt"
-INFO = "huatuo_checkpoint.json"
+INFO = hfc.INFO_FILE
 _PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 _DTYPE_NAME = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    fmt: Optional[str] = None  # llama | baichuan; default: llama for RoPE archs, baichuan for ALiBi
+    fmt: Optional[str] = None  # llama | mistral | qwen2 | baichuan; default: the arch's own (llama for RoPE Baichuan2)
     vocab_size: Optional[int] = None
     iteration: Optional[int] = None
     tokenizer: Optional[str] = None
     dtype: Optional[str] = None  # float32 | bfloat16 | float16; default: the checkpoint's
+    trust: bool = False  # --trust-checkpoint: no manifest needed, megatron-core's unrestricted unpickling
+    hf_config: Optional[str] = None  # a config.json (or a directory holding one) describing the checkpoint
+
+
+FORMATS = ("llama", "mistral", "qwen2", "baichuan")
+# HF tensors that carry no weights of the model (transformers <4.3x saved the rotary buffers)
+_NOT_WEIGHTS = ("rotary_emb.inv_freq",)
+# Files of a tokenizer directory that ``export --tokenizer`` copies; never weights or configs of a model.
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json")
+TOKENIZER_PATTERNS = ("tokenization_*.py", "*.tiktoken")  # a tokenizer's own remote code (Baichuan's) and tables
+BAICHUAN_REMOTE_CODE = ("configuration_baichuan.py", "modeling_baichuan.py", "generation_utils.py", "quantizer.py")
+BAICHUAN_NOTE = (
+    "note: a Baichuan-format directory runs only with Baichuan's remote code beside the weights: copy "
+    + ", ".join(BAICHUAN_REMOTE_CODE) + " (and tokenization_baichuan.py for the tokenizer) from the released "
+    "Baichuan2 checkpoint of the same size (7B: RoPE, 13B: ALiBi) and load with trust_remote_code=True. That code "
+    "targets transformers 4.x (released with 4.29.2; its tokenizer fails from 4.34 on); on transformers 5.x the 7B "
+    "code cannot run a forward pass and the 13B code also needs the accelerate package. For plain transformers, "
+    "export a RoPE model with --format llama instead.")
+# Baichuan2-Chat's released generation_config.json: Baichuan's chat() reads the user/assistant ids and max_new_tokens.
+BAICHUAN2_GENERATION = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "user_token_id": 195,
+                        "assistant_token_id": 196, "max_new_tokens": 2048, "temperature": 0.3, "top_k": 5,
+                        "top_p": 0.85, "repetition_penalty": 1.05, "do_sample": True}
 
 
 def _single_process_model(arch: ArchSpec, dtype: torch.dtype):
@@ -58,7 +84,9 @@ class _ImportJob:
     def check_shapes(self, params: dict) -> None:
         """Map every parameter on ``meta`` tensors (header shapes, no data) before anything is written, so a
         missing tensor or a shape that contradicts the arch is reported by name up front, not from inside
-        megatron-core's writer half-way through the save."""
+        megatron-core's writer half-way through the save. An HF tensor the mapping never reads (a layer more than
+        the arch has, a bias it has no place for) is refused too: dropping weights is never a conversion."""
+        read: set = set()
         for name, param in params.items():
             used: list = []
 
@@ -74,25 +102,53 @@ class _ImportJob:
                 found = ", ".join(f"{n} {tuple(self.reader.meta(n).shape)}" for n in used)
                 raise ValueError(f"{self.reader.dir}: {found} give {name} the shape {tuple(mapped.shape)}, "
                                  f"arch {self.arch.name} expects {tuple(param.shape)}")
+            read.update(used)
+        unused = sorted(n for n in self.reader.names - read if not n.endswith(_NOT_WEIGHTS)
+                        and not (self.arch.tie_embeddings and n == "lm_head.weight"))
+        if unused:
+            more = f" and {len(unused) - 3} more" if len(unused) > 3 else ""
+            raise ValueError(f"{self.reader.dir}: tensor(s) {', '.join(unused[:3])}{more} have no place in arch "
+                             f"{self.arch.name} (a layer or bias more than it has?)")
 
-    def write_info(self, arch_name: str, hf_dir: str) -> None:
-        (self.out / INFO).write_text(json.dumps(
-            {"arch": arch_name, "vocab_size": self.arch.vocab_size, "source": str(hf_dir),
-             "format": self.family.__name__.rsplit(".", 1)[-1]}, indent=2))
+    def write_info(self, arch_name: Optional[str], hf_dir: str) -> None:
+        config = Path(hf_dir) / "config.json"
+        hfc.record(self.out, self.arch, {"arch": arch_name or self.arch.name, "vocab_size": self.arch.vocab_size,
+                                         "source": str(hf_dir),
+                                         "format": self.family.__name__.rsplit(".", 1)[-1]},
+                   hf_config=config if config.is_file() else None)
 
 
-def _prepare_import(hf_dir: str, arch_name: str, out: str) -> _ImportJob:
-    """Checks shared by both import paths: arch vs HF sizes, layout detection, an empty output directory."""
+def import_arch(hf_dir: str, arch_name: Optional[str], reader: HFReader) -> ArchSpec:
+    """The arch of an HF directory: from its config.json, compared field by field with ``arch_name`` when that is
+    given too; a registry arch alone only for a directory without config.json."""
+    config = Path(hf_dir) / "config.json"
+    named = get_arch(arch_name) if arch_name else None
+    embed = reader.meta("model.embed_tokens.weight")
+    if config.is_file():
+        arch = hfc.arch_from_config(config, named)
+        if embed.shape[0] != arch.vocab_size:
+            raise ValueError(f"{hf_dir}: model.embed_tokens.weight has {embed.shape[0]} rows but config.json "
+                             f"says vocab_size {arch.vocab_size}")
+    elif named is None:
+        raise ValueError(f"{hf_dir}: no config.json; name the architecture with --arch")
+    else:
+        arch = named.with_overrides(vocab_size=embed.shape[0]) if embed.shape[0] != named.vocab_size else named
+    if embed.shape[1] != arch.hidden_size:
+        raise ValueError(f"{hf_dir}: hidden size {embed.shape[1]} does not match arch {arch.name} "
+                         f"({arch.hidden_size})")
+    return arch
+
+
+def _prepare_import(hf_dir: str, arch_name: Optional[str], out: str) -> _ImportJob:
+    """Checks shared by both import paths: arch vs HF config and sizes, layout detection, an empty output
+    directory."""
     reader = HFReader(hf_dir)
     try:
         embed = reader.meta("model.embed_tokens.weight")
-        arch = get_arch(arch_name)
-        if embed.shape[1] != arch.hidden_size:
-            raise ValueError(f"{hf_dir}: hidden size {embed.shape[1]} does not match arch {arch.name} "
-                             f"({arch.hidden_size})")
-        if embed.shape[0] != arch.vocab_size:
-            arch = arch.with_overrides(vocab_size=embed.shape[0])
+        arch = import_arch(hf_dir, arch_name, reader)
         family = baichuan2 if "model.layers.0.self_attn.W_pack.weight" in reader.names else llama
+        if family is baichuan2 and (arch.qkv_bias or arch.num_query_groups != arch.num_attention_heads):
+            raise ValueError(f"{hf_dir}: Baichuan's W_pack layout has no GQA and no biases, arch {arch.name} has")
         out_path = Path(out)
         if out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())):
             raise FileExistsError(f"output directory {out_path} is not empty")  # before any heavy work
@@ -102,9 +158,11 @@ def _prepare_import(hf_dir: str, arch_name: str, out: str) -> _ImportJob:
     return _ImportJob(reader, arch, family, embed.dtype, out_path)
 
 
-def import_hf(hf_dir: str, arch_name: str, out: str) -> Path:
-    """Write ``out`` (dist_checkpointing of ``{"model": sharded_state_dict}``) + ``huatuo_checkpoint.json``,
-    streaming: tensors are read, mapped and written one at a time (see ``checkpoints_tools.streaming``)."""
+@single_writer("out")  # before reading anything: a second writer stops at once
+def import_hf(hf_dir: str, arch_name: Optional[str], out: str) -> Path:
+    """Write ``out`` (dist_checkpointing of ``{"model": sharded_state_dict}``) + ``huatuo_checkpoint.json`` (with
+    the ArchSpec) + the source's config.json / generation_config.json, streaming: tensors are read, mapped and
+    written one at a time (see ``checkpoints_tools.streaming``). ``arch_name`` None: read from config.json."""
     from megatron_huatuo.runtime import destroy, initialize
 
     job = _prepare_import(hf_dir, arch_name, out)
@@ -116,13 +174,15 @@ def import_hf(hf_dir: str, arch_name: str, out: str) -> Path:
             job.check_shapes(model_params(model))
             save_streaming(model, job.source, tmp)
             job.write_info(arch_name, hf_dir)
+            write_manifest(tmp)  # last: sizes + checksums of everything above (megatron_huatuo/training/manifest.py)
     finally:
         job.reader.close()
         destroy()
     return Path(out)
 
 
-def import_hf_in_memory(hf_dir: str, arch_name: str, out: str) -> Path:
+@single_writer("out")
+def import_hf_in_memory(hf_dir: str, arch_name: Optional[str], out: str) -> Path:
     """The non-streaming import (a real model filled in RAM, saved by megatron-core's default strategy): kept only
     as the reference that tests and ``bench/convert_memory.py`` compare the streaming import with."""
     from megatron.core import dist_checkpointing
@@ -144,6 +204,7 @@ def import_hf_in_memory(hf_dir: str, arch_name: str, out: str) -> Path:
                     param.copy_(tensor)
             dist_checkpointing.save({"model": model.sharded_state_dict()}, str(tmp))
             job.write_info(arch_name, hf_dir)
+            write_manifest(tmp)
     finally:
         job.reader.close()
         destroy()
@@ -170,35 +231,113 @@ def resolve_checkpoint(ckpt: str, iteration: Optional[int] = None) -> Path:
     return root
 
 
-def _embedding_meta(path: Path):
-    from megatron.core import dist_checkpointing
+def _embedding_meta(path: Path, trust: bool = False):
+    from megatron_huatuo.training import dcp_io
 
-    for key, meta in dist_checkpointing.load_tensors_metadata(str(path)).items():
+    for key, meta in dcp_io.load_tensors_metadata(path, trust=trust).items():
         if key.endswith("embedding.word_embeddings.weight"):
             return meta
     raise ValueError(f"{path}: no embedding.word_embeddings.weight in the checkpoint")
 
 
-def export(ckpt: str, arch_name: str, out: str, options: ExportOptions = ExportOptions()) -> Path:
+def default_format(arch: ArchSpec) -> str:
+    """The HF layout an arch exports to: its own model type; Baichuan2 as Llama for RoPE (NormHead folded, plain
+    transformers loads it), in Baichuan's layout for ALiBi (Llama cannot express it)."""
+    if arch.family == "baichuan2":
+        return "llama" if arch.position_embedding == "rope" else "baichuan"
+    return {"yi": "llama"}.get(arch.family, arch.family)
+
+
+def export_arch(ckpt: str, arch_name: Optional[str], hf_config: Optional[str], path: Path) -> tuple:
+    """(arch, source config.json path or None): the arch from ``--arch`` / ``--hf-config`` / what the checkpoint
+    directory recorded (import, or the trainer's ``checkpoint.dir``), all of them compared when several are known."""
+    where = next((d for d in (Path(ckpt), path) if (d / INFO).is_file()), None)
+    recorded = hfc.recorded_arch(where) if where is not None else None
+    arch = hfc.resolve(arch_name, hf_config, recorded, str(where / INFO) if where is not None else str(ckpt))
+    source = hfc.source_files(hf_config) if hf_config else hfc.source_files(where) if where is not None else {}
+    return arch, source
+
+
+def _token_ids(source_config: Optional[dict], arch: ArchSpec, tokenizer: Optional[Path] = None) -> dict:
+    """bos/eos/pad ids: the source model's config; else the SentencePiece ``tokenizer.model`` given with
+    --tokenizer (a tokenizer of one's own, as the demo trains); else the presets' (Baichuan2, Yi)."""
+    if source_config is not None:
+        return {k: source_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                if source_config.get(k) is not None}
+    if tokenizer is not None and (tokenizer / "tokenizer.model").is_file():
+        import sentencepiece
+
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(tokenizer / "tokenizer.model"))
+        ids = {"bos_token_id": sp.bos_id(), "eos_token_id": sp.eos_id(), "pad_token_id": sp.pad_id()}
+        return {k: v for k, v in ids.items() if v >= 0}  # -1: the model has no such piece
+    return dict(PRESET_TOKEN_IDS) if arch.family in ("baichuan2", "yi") else {}
+
+
+def export_config(arch: ArchSpec, fmt: str, dtype: str, source: dict, tokenizer: Optional[Path] = None) -> dict:
+    """config.json of the export: the source model's own (vocabulary and dtype updated) when it is of the same
+    format and describes this arch, else ours for the format with the source's (or the preset's) token ids."""
+    source_config = json.loads(source["config.json"].read_text()) if "config.json" in source else None
+    same_kind = source_config is not None and source_config.get("model_type") == fmt
+    if same_kind:
+        config = dict(source_config)
+        config["vocab_size"] = arch.vocab_size
+        config.pop("dtype", None)
+        config["torch_dtype"] = dtype
+        hfc.check_agree(arch, hfc.read_config(config, str(source["config.json"]),
+                                              beside=source["config.json"].parent).fields,
+                        "the checkpoint's architecture", str(source["config.json"]))
+        return config
+    family = baichuan2 if fmt == "baichuan" else llama
+    config = family.hf_config(arch, dtype) if fmt == "baichuan" else llama.hf_config(arch, dtype, fmt)
+    config.update(_token_ids(source_config, arch, tokenizer))
+    return config
+
+
+def generation_config(arch: ArchSpec, config: dict, source: dict) -> dict:
+    """generation_config.json: the source model's when known; else Baichuan2-Chat's released one for Baichuan2
+    (its chat() needs user/assistant ids 195/196 and max_new_tokens); else the config's bos/eos/pad ids."""
+    if "generation_config.json" in source:
+        return json.loads(source["generation_config.json"].read_text())
+    if arch.family == "baichuan2":
+        ids = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in config}
+        return {**BAICHUAN2_GENERATION, **ids}
+    return {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config.get(k) is not None}
+
+
+def tokenizer_files(tok: Path) -> list:
+    """The tokenizer files of ``tok`` (never weights: pointing --tokenizer at a released checkpoint is fine)."""
+    found = [tok / n for n in TOKENIZER_FILES if (tok / n).is_file()]
+    for pattern in TOKENIZER_PATTERNS:
+        found += sorted(f for f in tok.glob(pattern) if f.is_file())
+    if not found:
+        raise FileNotFoundError(f"--tokenizer {tok}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...)")
+    return found
+
+
+@single_writer("out")
+def export(ckpt: str, arch_name: Optional[str], out: str, options: ExportOptions = ExportOptions()) -> Path:
     from megatron_huatuo.runtime import destroy, initialize
 
     path = resolve_checkpoint(ckpt, options.iteration)
-    meta = _embedding_meta(path)
-    arch = get_arch(arch_name)
+    verify_manifest(path, trust=options.trust)  # before any byte of it is interpreted
+    arch, source = export_arch(ckpt, arch_name, options.hf_config, path)  # before megatron-core is imported
+    meta = _embedding_meta(path, options.trust)
     vocab = options.vocab_size or meta.global_shape[0]
     if vocab != arch.vocab_size:
         arch = arch.with_overrides(vocab_size=vocab)
-    fmt = options.fmt or ("llama" if arch.position_embedding == "rope" else "baichuan")
-    family = {"llama": llama, "baichuan": baichuan2}.get(fmt)
-    if family is None:
-        raise ValueError(f"--format must be llama or baichuan, got {fmt!r}")
+    fmt = options.fmt or default_format(arch)
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    family = baichuan2 if fmt == "baichuan" else llama
     if fmt == "baichuan" and arch.family != "baichuan2":
         raise ValueError(f"--format baichuan needs a Baichuan2 arch, got {arch.name}")
     out_dtype = getattr(torch, options.dtype) if options.dtype else meta.dtype
-    config = family.hf_config(arch, _DTYPE_NAME[out_dtype])
     tok = Path(options.tokenizer) if options.tokenizer else None
     if tok is not None and not tok.is_dir():
         raise FileNotFoundError(f"tokenizer directory not found: {tok}")
+    copies = tokenizer_files(tok) if tok is not None else []
+    config = export_config(arch, fmt, _DTYPE_NAME[out_dtype], source, tok)
+    generation = generation_config(arch, config, source)
     try:
         with atomic_directory(out) as tmp:  # complete HF directory or none
             initialize(tensor_parallel=1, pipeline_parallel=1)
@@ -206,10 +345,18 @@ def export(ckpt: str, arch_name: str, out: str, options: ExportOptions = ExportO
             placeholders = {k: v.detach() for k, v in model_params(model).items()}
             # the same mapping on meta tensors gives the HF layout, so each safetensors header is written first
             layout = [(n, tuple(t.shape)) for n, t in family.mcore_to_hf(arch, lambda n: placeholders[n].to("meta"))]
-            write_hf(tmp, layout, family.mcore_to_hf(arch, GroupLoader(model, path)), config, dtype=out_dtype)
-            for f in (tok.iterdir() if tok is not None else ()):
-                if f.is_file() and f.name != "config.json":
-                    shutil.copy2(f, tmp / f.name)
+            write_hf(tmp, layout, family.mcore_to_hf(arch, GroupLoader(model, path, options.trust)), config, dtype=out_dtype)
+            (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+            for f in copies:
+                shutil.copy2(f, tmp / f.name)
     finally:
         destroy()
     return Path(out)
+
+
+def written_format(out: str | Path) -> Optional[str]:
+    """The model_type of an exported directory's config.json (None when unreadable)."""
+    try:
+        return json.loads((Path(out) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None

@@ -10,16 +10,18 @@ torch.distributed.checkpoint ``.metadata`` + ``*.distcp`` files) except two thin
 - the planner's ``resolve_data`` produces each write item's tensor when the writer asks for it: the item's
   ``meta`` placeholder is a view of a model parameter; the parameter is found by its storage, its real value
   comes from ``source(name)`` (the HF mapping), and the same view is taken of it;
-- the writer is torch's synchronous ``FileSystemWriter`` with one file per item. megatron-core's async writer
-  stages every tensor before writing, and torch's one-file-per-rank mode keeps each written tensor in a
-  dict until the file is closed; one file per item keeps one tensor alive.
+- the writer is the trainer's (``megatron_huatuo.training.dcp_io.TorchDistSaveStrategy``: torch's synchronous
+  ``FileSystemWriter``, no helper processes) with one file per item. megatron-core's async writer stages every
+  tensor before writing, and torch's one-file-per-rank mode keeps each written tensor in a dict until the file is
+  closed; one file per item keeps one tensor alive.
 
 The result is read by megatron-core's own ``dist_checkpointing.load`` (default ``torch_dist`` strategy) at any
 TP/PP, like any checkpoint it wrote itself.
 
 Load (export). :class:`GroupLoader` loads one group of parameters (the embedding, one transformer layer, the final
 norm + output layer) with ``dist_checkpointing.load`` of the matching subset of the meta model's sharded state
-dict, with fresh buffers in place of the meta tensors, and drops the previous group.
+dict, with fresh buffers in place of the meta tensors, and drops the previous group. It reads through
+``dcp_io.load`` (no arbitrary unpickling unless the checkpoint is trusted).
 """
 from __future__ import annotations
 
@@ -93,11 +95,10 @@ class ParamResolver:
 
 def _strategy_classes():
     """Defined lazily: megatron-core is imported only when a model is built (CLI errors stay fast)."""
-    from megatron.core.dist_checkpointing.strategies.base import SaveShardedStrategy
-    from megatron.core.dist_checkpointing.strategies.torch import (
-        MCoreSavePlanner, _replace_state_dict_keys_with_sharded_keys, mcore_to_pyt_state_dict)
-    from torch.distributed.checkpoint import FileSystemWriter, save
+    from megatron.core.dist_checkpointing.strategies.torch import MCoreSavePlanner
     from torch.distributed.checkpoint.planner import WriteItemType
+
+    from megatron_huatuo.training.dcp_io import TorchDistSaveStrategy
 
     class LazyPlanner(MCoreSavePlanner):
         def __init__(self, resolve: ParamResolver):
@@ -109,22 +110,15 @@ def _strategy_classes():
                 return super().resolve_data(write_item)
             return self._resolve(self.lookup_object(write_item.index))
 
-    class StreamingSaveStrategy(SaveShardedStrategy):
-        """``torch_dist`` v1 (the backend named in metadata.json, so the default load strategy reads it)."""
+    class StreamingSaveStrategy(TorchDistSaveStrategy):
+        """The trainer's ``torch_dist`` v1 writer with a lazy planner and one file per item."""
 
         def __init__(self, resolve: ParamResolver):
-            super().__init__("torch_dist", 1)
+            super().__init__(thread_count=1, single_file_per_rank=False)
             self.resolve = resolve
 
-        @property
-        def can_handle_sharded_objects(self):
-            return True
-
-        def save(self, sharded_state_dict, checkpoint_dir):
-            flat, _, _ = _replace_state_dict_keys_with_sharded_keys(sharded_state_dict, keep_only_main_replica=True)
-            pyt_state_dict = mcore_to_pyt_state_dict(flat, False)
-            writer = FileSystemWriter(str(checkpoint_dir), single_file_per_rank=False, thread_count=1)
-            save(pyt_state_dict, storage_writer=writer, planner=LazyPlanner(self.resolve))
+        def planner(self):
+            return LazyPlanner(self.resolve)
 
     return StreamingSaveStrategy
 
@@ -187,9 +181,10 @@ class GroupLoader:
     """``loader(name) -> tensor`` for a TP1/PP1 parameter of the checkpoint at ``path``, loading a whole group at a
     time (ask in model order: asking for a new group drops the previous one)."""
 
-    def __init__(self, model, path: Path):
+    def __init__(self, model, path: Path, trust: bool = False):
         self.model = model
         self.path = str(path)
+        self.trust = trust  # megatron-core's unrestricted unpickling (see megatron_huatuo.training.dcp_io)
         self.groups: Dict[str, List[str]] = {}
         for name in model_params(model):
             self.groups.setdefault(group_of(name), []).append(name)
@@ -197,11 +192,12 @@ class GroupLoader:
         self.tensors: Dict[str, torch.Tensor] = {}
 
     def _load(self, group: str) -> None:
-        from megatron.core import dist_checkpointing
         from megatron.core.dist_checkpointing.dict_utils import (
             dict_list_map_inplace, dict_list_map_outplace, extract_matching_values)
         from megatron.core.dist_checkpointing.mapping import (
             ShardedTensorFactory, apply_factories, apply_factory_merges)
+
+        from megatron_huatuo.training import dcp_io
 
         self.tensors = {}  # drop the previous group before reading the next
         names = set(self.groups[group])
@@ -216,7 +212,7 @@ class GroupLoader:
         dict_list_map_inplace(_unstacked, subset)
         # a subset reads only some shards of the layer-stacked keys: megatron-core's check that every shard is
         # accessed once describes a whole-model load, so it is off here
-        loaded = dist_checkpointing.load({"model": subset}, self.path, validate_access_integrity=False)["model"]
+        loaded = dcp_io.load({"model": subset}, self.path, trust=self.trust, validate_access_integrity=False)["model"]
         merged = apply_factory_merges(_reshaped(loaded, shapes), factories)
         self.tensors = {k: merged[k] for k in names}
         self.current = group

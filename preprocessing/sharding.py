@@ -69,6 +69,18 @@ def shard_path(base: str | Path, shard: Shard) -> Path:
     return base.parent / "shards" / f"{base.stem}.{shard.name}{base.suffix}"
 
 
+def writer_target(out: str | Path, shard: Shard) -> Path:
+    """What a job writing ``shard`` into ``out`` locks (one writer each): ``out`` itself when whole, else
+    ``out/shards/<shard name>``, so the shards of one array run side by side but never twice."""
+    return Path(out) if shard.whole else Path(out) / "shards" / shard.name
+
+
+def merge_targets(out: str | Path, count: int) -> list:
+    """What a merge of ``count`` shards locks: ``out`` and every shard's target (no merge while a shard still
+    writes; no shard rerun while its output is being merged)."""
+    return [Path(out)] + ([writer_target(out, s) for s in Shard(0, count).all()] if count > 1 else [])
+
+
 def read_records(path: Path) -> Iterator[dict]:
     """The JSON records of a JSONL file, in order (blank lines skipped); a bad line names the file and line."""
     with open(path, encoding="utf-8") as fh:

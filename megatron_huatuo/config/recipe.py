@@ -19,11 +19,19 @@ class RecipeError(ValueError):
     """A recipe that cannot run; the message names the file and the field."""
 
 
+DEFAULT_ARCH = "tiny-baichuan2-7b"  # when a recipe names neither model.arch nor model.hf_config
+
+
 @dataclass
 class ModelConfig:
-    arch: str = "tiny-baichuan2-7b"
+    arch: Optional[str] = None  # a registry preset (megatron_huatuo.models.registry)
+    # or a Hugging Face config.json (file, HF directory, or an import directory that recorded its arch); exactly one
+    hf_config: Optional[str] = None
     vocab_size: Optional[int] = None  # overrides the arch's vocabulary (e.g. the demo's 2048-token tokenizer)
     dropout: float = 0.0  # attention and hidden dropout (the originals train without; resume restores RNG states)
+    # core attention: auto | te | sdpa | flex | local (models/attention/; auto: te with TE on CUDA, else flex for
+    # ALiBi or isolated packing and sdpa for causal RoPE rows on CUDA, local on CPU)
+    attention_backend: str = "auto"
 
 
 @dataclass
@@ -33,6 +41,14 @@ class ParallelConfig:
     vpp: Optional[int] = None
     sp: bool = False
     distributed_optimizer: bool = False
+    # uneven pipeline split: layers of the first / last stage (megatron-core's num_layers_in_first/last_pipeline_stage;
+    # the rest split evenly over the middle stages), e.g. 5 layers at pp=2 as 3 + 2
+    first_stage_layers: Optional[int] = None
+    last_stage_layers: Optional[int] = None
+    # GPU communication overlap (docs/training.md); null = on with CUDA, off on CPU/gloo
+    overlap_grad_reduce: Optional[bool] = None  # DP gradient reduce overlapped with backward
+    overlap_param_gather: Optional[bool] = None  # distributed optimizer's all-gather overlapped with forward
+    bucket_size: Optional[int] = None  # elements per DDP bucket; null = megatron-core's default (40M, more for big DP)
 
 
 @dataclass
@@ -59,8 +75,14 @@ class TrainSection:
     micro_batch: int = 1
     seq_length: int = 128
     seed: int = 1234
-    precision: str = "fp32"  # fp32 | bf16 | fp8
+    precision: str = "fp32"  # fp32 | bf16 | fp8 (fp8 needs Transformer Engine)
+    fp8_recipe: str = "delayed"  # delayed | tensorwise (Transformer Engine's FP8 scaling; precision fp8 only)
+    fusions: Optional[bool] = None  # megatron-core fused SwiGLU and cross-entropy (+ RoPE with TE); null = on with CUDA
     recompute: str = "none"  # none | selective | full
+    eval_interval: int = 0  # validation every N steps and after the last one (needs data.valid_path); 0: none
+    eval_iters: int = 0  # global batches per validation source and evaluation; 0: all of its rows
+    # a step with a NaN/Inf loss or grad norm is skipped; this many in a row stop the run (exit 3, nothing saved)
+    max_nonfinite_steps: int = 3
 
 
 @dataclass
@@ -72,6 +94,7 @@ class DataConfig:
     # one_stage: True isolates packed samples (segment mask, positions restart); False is HuatuoGPT-II's shared
     # attention across a packed row, which trains with plain causal attention (the fused/flash fast path).
     isolate: bool = True
+    valid_path: Optional[str] = None  # a held-out one-stage dataset directory: validation loss per source
 
 
 @dataclass
@@ -79,6 +102,9 @@ class CheckpointConfig:
     dir: Optional[str] = None
     interval: int = 0  # 0: only on exit / signal
     pretrained: Optional[str] = None
+    # load checkpoint directories without a manifest and with megatron-core's unrestricted unpickling (legacy or
+    # foreign checkpoints you trust; docs/reliability.md)
+    trust: bool = False
 
 
 @dataclass
@@ -198,17 +224,51 @@ def load_recipe(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
     return recipe
 
 
-def validate(recipe: Recipe, world_size: Optional[int] = None, source: str = "<recipe>") -> int:
-    """The one validation place. Returns the data-parallel size (1 when ``world_size`` is unknown)."""
+def resolve_arch(recipe: Recipe):
+    """The recipe's ArchSpec: ``model.arch`` (a preset) or ``model.hf_config`` (a config.json), with
+    ``model.vocab_size`` applied. ``KeyError`` / ``ValueError`` / ``FileNotFoundError`` for a bad one."""
+    from megatron_huatuo.models import hf_config
     from megatron_huatuo.models.registry import get_arch
+
+    m = recipe.model
+    if m.hf_config:
+        arch = hf_config.resolve(hf_config=m.hf_config)
+    else:
+        arch = get_arch(m.arch or DEFAULT_ARCH)
+    if m.vocab_size is not None:
+        arch = arch.with_overrides(vocab_size=m.vocab_size)
+    return arch
+
+
+def uses_segment_mask(recipe: Recipe) -> bool:
+    """Whether rows hold several attention-isolated documents (segment ids) or one causal sequence.
+
+    Synthetic rows are one sequence, and a one-stage dataset with ``data.isolate: false`` (the original's shared
+    attention) is causal over the whole row. Those models are built causal and get no mask, so the fused causal
+    kernels run (flash attention through sdpa or TE on GPU) and no [S, S] mask is built.
+    """
+    return recipe.data.type != "synthetic" and recipe.data.isolate
+
+
+def validate(recipe: Recipe, world_size: Optional[int] = None, source: str = "<recipe>") -> int:
+    """The one validation place. Returns the data-parallel size (1 when ``world_size`` is unknown).
+
+    Checks here do not depend on the machine's device (``slurm submit`` validates on the login node); the
+    trainer resolves ``model.attention_backend`` against the real device (``training.loop.model_build_kwargs``).
+    """
+    from megatron_huatuo.models.attention.resolve import AttentionBackendError, check_backend, te_installed
+    from megatron_huatuo.models import hf_config
+    from megatron_huatuo.models.layout import stage_layers
 
     def fail(field_name: str, why: str):
         raise RecipeError(f"{source}: {field_name}: {why}")
 
+    if recipe.model.arch and recipe.model.hf_config:
+        fail("model.hf_config", "name the model by model.arch or by model.hf_config, not both")
     try:
-        arch = get_arch(recipe.model.arch)
-    except KeyError as exc:
-        fail("model.arch", str(exc))
+        arch = resolve_arch(recipe)
+    except (KeyError, ValueError, FileNotFoundError) as exc:
+        fail("model.hf_config" if recipe.model.hf_config else "model.arch", exc.args[0] if exc.args else str(exc))
     p, t = recipe.parallel, recipe.train
     for name, value in (("parallel.tp", p.tp), ("parallel.pp", p.pp), ("train.steps", t.steps),
                         ("train.global_batch", t.global_batch), ("train.micro_batch", t.micro_batch),
@@ -225,9 +285,24 @@ def validate(recipe: Recipe, world_size: Optional[int] = None, source: str = "<r
         fail("parallel.tp", f"{arch.name} has {arch.num_attention_heads} attention heads, not divisible by tp={p.tp}")
     if arch.num_query_groups % p.tp:
         fail("parallel.tp", f"{arch.name} has {arch.num_query_groups} KV groups, not divisible by tp={p.tp}")
-    stages = p.pp * (p.vpp or 1)
-    if arch.num_layers % stages:
-        fail("parallel.pp", f"{arch.name} has {arch.num_layers} layers, not divisible by pp*vpp={stages}")
+    try:
+        stage_layers(arch.num_layers, p.pp, p.vpp, p.first_stage_layers, p.last_stage_layers)
+    except ValueError as exc:
+        key = "parallel.pp" if p.first_stage_layers is None and p.last_stage_layers is None else "parallel"
+        fail(key, f"{arch.name} has {arch.num_layers} layers: {exc}")
+    if arch.norm_head and arch.tie_embeddings:
+        fail("model", f"{arch.name}: NormHead cannot be tied to the input embedding")
+    for key, directory in (("checkpoint.pretrained", recipe.checkpoint.pretrained),
+                           ("checkpoint.dir", recipe.checkpoint.dir)):
+        # an import (or an earlier run) records its architecture: loading it into another one is refused here,
+        # naming the fields, instead of as a shape error inside dist_checkpointing (or not at all)
+        try:
+            recorded = hf_config.recorded_arch(directory) if directory and Path(directory).is_dir() else None
+        except ValueError as exc:
+            fail(key, str(exc))
+        bad = hf_config.mismatches(arch, recorded) if recorded is not None else []
+        if bad:
+            fail(key, f"{directory} records another architecture (recipe vs recorded): {'; '.join(bad)}")
     vocab = recipe.model.vocab_size or arch.vocab_size
     if recipe.model.vocab_size is not None and recipe.model.vocab_size < 1:
         fail("model.vocab_size", "must be >= 1")
@@ -235,6 +310,20 @@ def validate(recipe: Recipe, world_size: Optional[int] = None, source: str = "<r
         fail("model.vocab_size", f"{vocab} not divisible by tp={p.tp}")
     if t.precision not in ("fp32", "bf16", "fp8"):
         fail("train.precision", f"expected fp32|bf16|fp8, got {t.precision!r}")
+    if t.precision == "fp8" and not te_installed():
+        fail("train.precision", "fp8 needs Transformer Engine (pip install 'megatron-huatuo[gpu]'; NGC containers "
+                                "have it), which is not installed here: use bf16")
+    if t.fp8_recipe not in ("delayed", "tensorwise"):
+        fail("train.fp8_recipe", f"expected delayed|tensorwise, got {t.fp8_recipe!r}")
+    try:
+        check_backend(recipe.model.attention_backend, arch, attention_dropout=recipe.model.dropout)
+    except AttentionBackendError as exc:
+        fail("model.attention_backend", str(exc))
+    if p.overlap_param_gather and not p.distributed_optimizer:
+        fail("parallel.overlap_param_gather", "overlaps the distributed optimizer's all-gather: needs "
+                                              "parallel.distributed_optimizer: true")
+    if p.bucket_size is not None and p.bucket_size < 1:
+        fail("parallel.bucket_size", f"must be >= 1 (elements), got {p.bucket_size}")
     if t.recompute not in ("none", "selective", "full"):
         fail("train.recompute", f"expected none|selective|full, got {t.recompute!r}")
     if recipe.schedule.style not in ("cosine", "linear", "constant"):
@@ -254,10 +343,20 @@ def validate(recipe: Recipe, world_size: Optional[int] = None, source: str = "<r
         fail("data.prefixes", "data.type indexed needs at least one .bin/.idx prefix")
     if not d.isolate and d.type != "one_stage":
         fail("data.isolate", f"shared attention across packed samples is a one_stage option, not {d.type}")
+    if t.eval_interval < 0:
+        fail("train.eval_interval", f"must be >= 0, got {t.eval_interval}")
+    if t.eval_iters < 0:
+        fail("train.eval_iters", f"must be >= 0 (0: every row of each source), got {t.eval_iters}")
+    if d.valid_path and not t.eval_interval:
+        fail("train.eval_interval", "data.valid_path is set: give the validation interval in steps (>= 1)")
+    if t.eval_interval and not d.valid_path:
+        fail("data.valid_path", f"train.eval_interval={t.eval_interval} needs a validation one-stage dataset")
     if not 0.0 <= recipe.model.dropout < 1.0:
         fail("model.dropout", f"must be in [0, 1), got {recipe.model.dropout}")
     if recipe.checkpoint.interval < 0:
         fail("checkpoint.interval", "must be >= 0")
+    if t.max_nonfinite_steps < 1:
+        fail("train.max_nonfinite_steps", f"must be >= 1, got {t.max_nonfinite_steps}")
     if recipe.logging.interval < 1:
         fail("logging.interval", "must be >= 1")
     dp = 1

@@ -7,12 +7,13 @@ Which rows a step sees is decided by the sampler, not here; this class is a pure
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import List, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from megatron_huatuo.data.indexed_files import check_prefix
 
 
 class IndexedDocumentsDataset(Dataset):
@@ -23,9 +24,7 @@ class IndexedDocumentsDataset(Dataset):
         self.datasets = []
         lengths: List[np.ndarray] = []
         for prefix in prefixes:
-            for suffix in (".bin", ".idx"):
-                if not Path(prefix + suffix).is_file():
-                    raise FileNotFoundError(f"data.prefixes: {prefix + suffix} does not exist")
+            check_prefix(prefix, "data.prefixes")  # present and not truncated, else one line naming the file
             ds = IndexedDataset(prefix)
             self.datasets.append(ds)
             lengths.append(np.asarray(ds.sequence_lengths, dtype=np.int64))

@@ -15,9 +15,21 @@ import numpy as np
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from torch.utils.data import Dataset
 
+from megatron_huatuo.data.indexed_files import check_prefix
 from megatron_huatuo.data.one_stage_format import MASK_SUFFIX, read_manifest
 from megatron_huatuo.data.order_index import load_or_build
 from megatron_huatuo.data.packing import PackPlan, pack_row
+
+
+def open_source(path: Path, src: dict) -> tuple[IndexedDataset, IndexedDataset]:
+    """(tokens, loss mask) of one manifest source, checked against each other and the manifest."""
+    prefix = str(Path(path) / src["prefix"])
+    for checked in (prefix, prefix + MASK_SUFFIX):  # present and not truncated, else one line naming it
+        check_prefix(checked, str(path))
+    tok, mask = IndexedDataset(prefix), IndexedDataset(prefix + MASK_SUFFIX)
+    if len(tok) != src["documents"] or not np.array_equal(tok.sequence_lengths, mask.sequence_lengths):
+        raise ValueError(f"{prefix}: tokens/loss-mask files disagree with each other or with manifest.json")
+    return tok, mask
 
 
 class OneStageDataset(Dataset):
@@ -32,10 +44,7 @@ class OneStageDataset(Dataset):
         self.masks: List[IndexedDataset] = []
         lengths = []
         for src in self.sources:
-            prefix = str(self.path / src["prefix"])
-            tok, mask = IndexedDataset(prefix), IndexedDataset(prefix + MASK_SUFFIX)
-            if len(tok) != src["documents"] or not np.array_equal(tok.sequence_lengths, mask.sequence_lengths):
-                raise ValueError(f"{prefix}: tokens/loss-mask files disagree with each other or with manifest.json")
+            tok, mask = open_source(self.path, src)
             self.tokens.append(tok)
             self.masks.append(mask)
             lengths.append(tok.sequence_lengths)

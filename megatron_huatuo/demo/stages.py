@@ -7,12 +7,19 @@ key, the SHA-256 of
 - its name and its settings (a JSON-able dict, e.g. vocab size, TP/PP, number of steps), and
 - the content of every input file (directories are walked in sorted order; names and bytes are hashed),
 
-and a finished stage leaves ``<state>/<name>.done.json`` holding that key. A later run skips the stage when the
-marker's key equals the new key and every declared output still exists.
+and a finished stage leaves ``<state>/<name>.done.json`` holding that key and the SHA-256 of its outputs' content.
+A later run skips the stage when the marker's key equals the new key and every declared output still exists with
+the content it had when the stage finished: an output truncated or edited since (a ``.bin`` cut short by a full
+disk) makes the stage run again, instead of handing the damage to the next stage as "inputs unchanged".
 
 Interrupted stages: when a stage starts it writes ``<name>.pending.json`` with its key. If the run dies, the next
 run with the same key keeps the stage's outputs in place (so a trainer can resume from its last checkpoint); with a
 different key the outputs are deleted first, so nothing stale is ever mixed in.
+
+Complete outputs are never deleted before their replacement is complete: when a stage that had finished runs
+again (new key, changed outputs, ``--force``), its outputs are moved aside to ``.<name>.previous`` beside them and
+deleted only once the new run has finished. If the new run fails or is killed, the previous outputs stay there
+(the log says where) until a run of that stage completes.
 """
 from __future__ import annotations
 
@@ -94,6 +101,23 @@ class StageResult:
     result: object = None
 
 
+def outputs_digest(stage: "Stage") -> str:
+    """SHA-256 of the content of a stage's declared outputs (what the done marker vouches for)."""
+    return hash_paths(stage.outputs).hexdigest()
+
+
+def previous(path: Path) -> Path:
+    """Where a finished run's output waits while the stage runs again."""
+    return path.parent / f".{path.name}.previous"
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
@@ -123,7 +147,14 @@ class Runner:
             recorded = json.loads(marker.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             return False
-        return recorded.get("key") == key and all(Path(p).exists() for p in stage.outputs)
+        if recorded.get("key") != key or not all(Path(p).exists() for p in stage.outputs):
+            return False
+        if recorded.get("outputs_sha256") != outputs_digest(stage):
+            why = ("its outputs changed since it finished (truncated or edited?)" if "outputs_sha256" in recorded
+                   else "its marker predates output checksums")
+            self.log(f"    {stage.name}: {why}: running it again")
+            return False
+        return True
 
     def run_stage(self, stage: Stage, index: int, total: int) -> StageResult:
         head = f"[{index}/{total}] {stage.name}: {stage.description}"
@@ -133,18 +164,20 @@ class Runner:
             recorded = json.loads(self.done_marker(stage).read_text(encoding="utf-8"))
             return StageResult(stage.name, "reused", 0.0, recorded.get("result"))
         self.log(f"{head} ...")
-        self.done_marker(stage).unlink(missing_ok=True)
+        completed = self.done_marker(stage).is_file()  # the outputs in place are a finished run's
         pending = self.pending_marker(stage)
         resumable = pending.is_file() and json.loads(pending.read_text(encoding="utf-8")).get("key") == key
-        if resumable and stage.name not in self.force:
+        if resumable and stage.name not in self.force and not completed:
             self.log(f"    resuming an interrupted run with the same inputs (outputs kept)")
         else:
-            for path in stage.clean:
-                path = Path(path)
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
+            for path in map(Path, stage.clean):
+                if completed and path.exists():
+                    _remove(previous(path))
+                    os.replace(path, previous(path))  # kept until the new run has finished
+                    self.log(f"    previous {path.name} kept as {previous(path)} until this run finishes")
+                else:
+                    _remove(path)  # what an interrupted run with other inputs left: never a finished output
+        self.done_marker(stage).unlink(missing_ok=True)
         _write_json(pending, {"key": key, "started": time.time()})
         t0 = time.perf_counter()
         result = stage.run()
@@ -153,8 +186,11 @@ class Runner:
         if missing:
             raise RuntimeError(f"stage {stage.name!r} finished but did not produce {missing}")
         _write_json(self.done_marker(stage), {"key": key, "seconds": round(seconds, 2), "result": result,
-                                              "outputs": [str(p) for p in stage.outputs]})
+                                              "outputs": [str(p) for p in stage.outputs],
+                                              "outputs_sha256": outputs_digest(stage)})
         pending.unlink(missing_ok=True)
+        for path in map(Path, stage.clean):
+            _remove(previous(path))  # the replacement is complete
         self.log(f"    {stage.name} done in {seconds:.1f}s")
         return StageResult(stage.name, "ran", seconds, result)
 

@@ -30,11 +30,12 @@ class Labels:
     header: str
     question: str
     answer: str
+    context: str
 
 
-ZH = Labels(header="以下是医学考试的单项选择题，请选出正确答案。", question="问题：", answer="答案：")
+ZH = Labels(header="以下是医学考试的单项选择题，请选出正确答案。", question="问题：", answer="答案：", context="背景：")
 EN = Labels(header="The following are multiple choice questions about medicine. Choose the correct answer.",
-            question="Question: ", answer="Answer:")
+            question="Question: ", answer="Answer:", context="Context: ")
 
 
 def detect_language(text: str) -> str:
@@ -63,9 +64,11 @@ def continuation(question: MCQuestion, letter: str, kind: str = "letter", lang: 
 
 
 def question_block(question: MCQuestion, lang: str = "auto", with_answer_label: bool = True) -> str:
-    """Question text and lettered options, one per line, ending with the answer label."""
+    """The context (when the question has one, e.g. PubMedQA's abstract), the question, lettered options one per
+    line, and the answer label."""
     lab = labels_for(question, lang)
-    lines = [lab.question + question.question]
+    lines = [lab.context + question.context] if question.context else []
+    lines.append(lab.question + question.question)
     lines += [f"{letter}. {text}" for letter, text in question.options.items()]
     if with_answer_label:
         lines.append(lab.answer)

@@ -1,133 +1,204 @@
-"""Evaluate one model on several benchmarks: predictions per question, accuracy with a 95 % interval, a table.
+"""Evaluate one model on several benchmarks under one protocol: predictions, accuracy with a 95 % interval, speed.
 
-Outputs in ``out_dir``:
+Protocols (``EvalConfig.protocol``):
 
-- ``<bench>.predictions.jsonl``: one line per question (id, answer, prediction, correct, per-option scores or the
-  generated text);
-- ``summary.json``: settings and, per benchmark, correct/total/accuracy/ci_low/ci_high/skipped;
-- ``summary.md``: the same as a Markdown table (also printed).
+- ``loglik-letter``: the prompt ends at the answer label and each option's *letter* is scored; one forward per
+  question when every letter is one token (:mod:`.scoring`), else per option with a warning.
+- ``loglik-text``: each option's *text* is scored (``length_norm`` chooses sum / per token / per character).
+- ``huatuo2``: HuatuoGPT-II's own sampled generation + answer extraction (:mod:`.huatuo2`).
 
-Multiple-answer questions (some CMB/CMExam items) cannot be answered by picking the single most likely option:
-log-likelihood mode skips and counts them; generation mode scores them by exact letter-set match.
+Multiple-answer questions (CMExam, CMB 多项选择题) are scored as sets: under the log-likelihood protocols every set of
+two or more letters is a candidate continuation (written as the letters in order, ``"AC"``) and the best one must
+equal the answer; under ``huatuo2`` the extracted letters must.
+
+Outputs in ``out_dir``: ``<bench>.predictions.jsonl`` (one line per question), ``summary.json`` and
+``summary.md`` (per benchmark: accuracy, Wilson 95 % interval, questions/s, truncated questions; see
+:func:`write_summary`).
 """
 from __future__ import annotations
 
+import itertools
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Optional, Sequence
 
-from megatron_huatuo.eval.extract import extract_answer
-from megatron_huatuo.eval.prompts import build_prompt, continuation
-from megatron_huatuo.eval.questions import MCQuestion, load_questions
-from megatron_huatuo.eval.scoring import NORMALISATIONS, Request, continuation_logprobs, generate, normalise
+from megatron_huatuo.atomic import AtomicFiles
+from megatron_huatuo.eval import huatuo2
+from megatron_huatuo.eval.model import Sampling, with_overrides
+from megatron_huatuo.eval.prompts import TEMPLATES, build_prompt, continuation
+from megatron_huatuo.eval.questions import MCQuestion, file_format, load_questions
+from megatron_huatuo.eval.scoring import (
+    NORMALISATIONS,
+    encode_request,
+    generate_ids,
+    normalise,
+    pad_id,
+    plan_letter_scoring,
+    Request,
+    score_encoded,
+    score_one_pass,
+    truncate_left,
+)
 from megatron_huatuo.eval.stats import accuracy
 
-MODES = ("loglik", "generate")
-# Metadata fields that split a benchmark into groups, most specific first (CMB: exam_subject; CMMLU-style exports:
-# subject_name; else the question type).
-GROUP_KEYS = ("exam_subject", "subject_name", "exam_type", "question_type")
+PROTOCOLS = ("loglik-letter", "loglik-text", "huatuo2")
+# Metadata fields that split a benchmark into groups, most specific first.
+GROUP_KEYS = ("exam_subject", "subject_name", "subject", "exam_type", "question_type", "meta_info", "source")
 
 
 @dataclass
 class EvalConfig:
     """How questions are asked and scored (one set of settings for every benchmark of a run)."""
 
-    mode: str = "loglik"
+    protocol: str = "loglik-letter"
     shots: int = 0
     template: str = "plain"
-    continuation: str = "letter"
     length_norm: str = "none"
     lang: str = "auto"
     batch_size: int = 8
-    max_length: int | None = None
-    max_new_tokens: int = 32
-    limit: int | None = None
+    max_length: Optional[int] = None  # None: the model's context window
+    limit: Optional[int] = None
     add_special_tokens: bool = True
+    seed: int = 42  # huatuo2 sampling (the original's seed)
+    max_new_tokens: Optional[int] = None  # huatuo2: None keeps the original's 768
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.template not in TEMPLATES:
+            raise ValueError(f"template must be one of {TEMPLATES}, got {self.template!r}")
         if self.length_norm not in NORMALISATIONS:
             raise ValueError(f"length_norm must be one of {NORMALISATIONS}, got {self.length_norm!r}")
         if self.shots < 0:
             raise ValueError(f"shots must be >= 0, got {self.shots}")
+        if self.protocol == "huatuo2" and self.shots:
+            raise ValueError("the huatuo2 protocol is zero-shot (as HuatuoGPT-II's eval_qa.py); drop --shots")
+
+    @property
+    def sampling(self) -> Sampling:
+        return with_overrides(huatuo2.SAMPLING, max_new_tokens=self.max_new_tokens)
 
 
 @dataclass
 class BenchResult:
     name: str
+    file: str
+    format: str
+    protocol: str
     correct: int
     total: int
     accuracy: float
     ci_low: float
     ci_high: float
-    skipped: int
+    multi_answer: int  # questions with several right letters (scored as sets)
+    truncated: int  # questions whose prompt was cut to fit the context
+    one_pass: int  # loglik-letter: questions scored in one forward
+    fallback: int  # huatuo2: no answer extracted, scored as the original's 'B'
     seconds: float
+    questions_per_s: float
     predictions_file: str
     by_group: dict = field(default_factory=dict)  # accuracy per subject / question type when the file has one
 
 
-def pick_shots(dev: list[MCQuestion], k: int, exclude_id: str | None = None) -> list[MCQuestion]:
+def pick_shots(dev: Sequence[MCQuestion], k: int, exclude_id: str | None = None) -> list[MCQuestion]:
     """The first ``k`` dev questions (a fixed, documented choice so runs are comparable), never the question itself."""
     return [q for q in dev if q.qid != exclude_id][:k]
 
 
-def _score_loglik(model, tokenizer, questions, shots_for, cfg: EvalConfig) -> list[dict]:
-    requests: list[Request] = []
-    spans: list[tuple[int, int]] = []
-    for q in questions:
-        prompt = build_prompt(q, shots_for(q), template=cfg.template, continuation_kind=cfg.continuation, lang=cfg.lang)
-        start = len(requests)
-        for letter in q.letters:
-            requests.append(Request(prompt, continuation(q, letter, cfg.continuation, cfg.lang, cfg.template)))
-        spans.append((start, len(requests)))
-    scored = continuation_logprobs(
-        model, tokenizer, requests, batch_size=cfg.batch_size, max_length=cfg.max_length,
-        add_special_tokens=cfg.add_special_tokens,
-    )
-    rows = []
-    for q, (start, end) in zip(questions, spans):
-        scores = {}
-        for letter, req, (lp, n) in zip(q.letters, requests[start:end], scored[start:end]):
-            scores[letter] = {"logprob": lp, "tokens": n, "score": normalise(lp, n, req.continuation, cfg.length_norm)}
-        pred = max(q.letters, key=lambda letter: scores[letter]["score"])
-        rows.append({"pred": pred, "scores": scores})
+def answer_sets(letters: Sequence[str]) -> list[str]:
+    """Every set of two or more option letters, as sorted strings: the candidates of a multi-answer question."""
+    return ["".join(c) for n in range(2, len(letters) + 1) for c in itertools.combinations(letters, n)]
+
+
+def _warn(message: str) -> None:
+    print(f"[eval] warning: {message}", file=sys.stderr, flush=True)
+
+
+def _score_loglik(lm, tokenizer, questions, shots_for, cfg: EvalConfig, max_length: Optional[int], name: str):
+    kind = "letter" if cfg.protocol == "loglik-letter" else "text"
+    pad = pad_id(tokenizer)
+    rows: list[Optional[dict]] = [None] * len(questions)
+    one_pass_plans, one_pass_at = [], []
+    per_option: list = []  # (question index, candidate, continuation text, Encoded)
+    uneven: Optional[str] = None
+    for i, q in enumerate(questions):
+        shots = shots_for(q)
+        if q.is_multi:  # sets of letters, whatever the protocol's continuation
+            prompt = build_prompt(q, shots, template=cfg.template, continuation_kind="letter", lang=cfg.lang)
+            for cand in answer_sets(q.letters):
+                text = continuation(q, cand, "letter", cfg.lang, cfg.template)
+                per_option.append((i, cand, text, encode_request(tokenizer, Request(prompt, text),
+                                                                 cfg.add_special_tokens)))
+            continue
+        prompt = build_prompt(q, shots, template=cfg.template, continuation_kind=kind, lang=cfg.lang)
+        conts = {k: continuation(q, k, kind, cfg.lang, cfg.template) for k in q.letters}
+        if kind == "letter":
+            plan = plan_letter_scoring(tokenizer, prompt, conts, add_special_tokens=cfg.add_special_tokens)
+            if plan.one_pass:
+                one_pass_plans.append(plan)
+                one_pass_at.append(i)
+                continue
+            uneven = uneven or plan.reason
+            per_option += [(i, k, conts[k], plan.encoded[k]) for k in q.letters]
+        else:
+            per_option += [(i, k, c, encode_request(tokenizer, Request(prompt, c), cfg.add_special_tokens))
+                           for k, c in conts.items()]
+    if uneven:
+        _warn(f"{name}: {uneven}; those questions are scored with one forward per option")
+    scores: dict[int, dict] = {i: {} for i in range(len(questions))}
+    truncated = [False] * len(questions)
+    for i, (scored, cut) in zip(one_pass_at, score_one_pass(lm, one_pass_plans, pad=pad, batch_size=cfg.batch_size,
+                                                            max_length=max_length)):
+        truncated[i] = cut
+        for k, s in scored.items():
+            scores[i][k] = {"logprob": s.logprob, "tokens": s.tokens, "score": s.logprob}
+    encoded = [truncate_left(e, max_length) for _, _, _, e in per_option]
+    for (i, cand, text, _), s in zip(per_option, score_encoded(lm, encoded, pad=pad, batch_size=cfg.batch_size)):
+        truncated[i] |= s.truncated
+        how = "none" if questions[i].is_multi else cfg.length_norm
+        scores[i][cand] = {"logprob": s.logprob, "tokens": s.tokens, "score": normalise(s.logprob, s.tokens, text, how)}
+    one_pass = set(one_pass_at)
+    for i, q in enumerate(questions):
+        pred = max(scores[i], key=lambda c: scores[i][c]["score"])  # ties: the first candidate
+        rows[i] = {"pred": pred, "one_pass": i in one_pass, "truncated": truncated[i], "scores": scores[i]}
     return rows
 
 
-def _score_generate(model, tokenizer, questions, shots_for, cfg: EvalConfig) -> list[dict]:
-    prompts = [
-        build_prompt(q, shots_for(q), template=cfg.template, continuation_kind="letter", lang=cfg.lang)
-        for q in questions
-    ]
-    texts = generate(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                     add_special_tokens=cfg.add_special_tokens)
-    return [{"pred": extract_answer(t, q.options), "generated": t} for q, t in zip(questions, texts)]
+def _score_huatuo2(lm, tokenizer, questions, cfg: EvalConfig, max_length: Optional[int]):
+    limit = min(huatuo2.MAX_INPUT_TOKENS, max_length) if max_length else huatuo2.MAX_INPUT_TOKENS
+    texts = generate_ids(lm, tokenizer, [huatuo2.prompt(q) for q in questions], cfg.sampling,
+                         batch_size=cfg.batch_size, max_input=limit, add_special_tokens=cfg.add_special_tokens,
+                         seed=cfg.seed)
+    rows = []
+    for q, (text, cut) in zip(questions, texts):
+        letters, branch = huatuo2.extract(text, q.options)
+        rows.append({"pred": huatuo2.prediction(letters, q.answer), "extracted": letters, "branch": branch,
+                     "truncated": cut, "generated": text})
+    return rows
 
 
-def evaluate_benchmark(
-    model, tokenizer, name: str, path: str | Path, cfg: EvalConfig, out_dir: Path, dev: list[MCQuestion] | None = None
-) -> BenchResult:
-    """Score one benchmark file and write its predictions."""
-    t0 = time.perf_counter()
+def evaluate_benchmark(lm, tokenizer, name: str, path: str | Path, cfg: EvalConfig, out_dir: Path,
+                       dev: Sequence[MCQuestion] | None = None) -> BenchResult:
+    """Score one benchmark file and write its predictions (``dev``: this benchmark's few-shot source)."""
     questions = load_questions(path, limit=cfg.limit)
     if cfg.shots and not dev:
-        raise ValueError(f"--shots {cfg.shots} needs a dev file (--dev) for benchmark {name!r}")
+        raise ValueError(f"--shots {cfg.shots} needs a dev file (--dev {name}=PATH) for benchmark {name!r}")
     shots_for = (lambda q: pick_shots(dev, cfg.shots, q.qid)) if cfg.shots else (lambda q: [])
-    if cfg.mode == "loglik":
-        scored_qs = [q for q in questions if not q.is_multi]
-        rows = _score_loglik(model, tokenizer, scored_qs, shots_for, cfg)
+    max_length = cfg.max_length or lm.max_length
+    t0 = time.perf_counter()
+    if cfg.protocol == "huatuo2":
+        rows = _score_huatuo2(lm, tokenizer, questions, cfg, max_length)
     else:
-        scored_qs = questions
-        rows = _score_generate(model, tokenizer, scored_qs, shots_for, cfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
+        rows = _score_loglik(lm, tokenizer, questions, shots_for, cfg, max_length, name)
+    seconds = time.perf_counter() - t0
     pred_path = out_dir / f"{name}.predictions.jsonl"
     correct = 0
     groups: dict[str, list[int]] = {}
-    tmp = pred_path.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for q, row in zip(scored_qs, rows):
+    with AtomicFiles(pred_path) as (fh,):
+        for q, row in zip(questions, rows):
             ok = row["pred"] == q.answer
             correct += ok
             group = next((str(q.meta[k]) for k in GROUP_KEYS if q.meta.get(k)), None)
@@ -136,11 +207,17 @@ def evaluate_benchmark(
                 tally[0] += ok
                 tally[1] += 1
             fh.write(json.dumps({"id": q.qid, "answer": q.answer, **row, "correct": ok}, ensure_ascii=False) + "\n")
-    tmp.replace(pred_path)
-    acc = accuracy(correct, len(scored_qs))
+    truncated = sum(r["truncated"] for r in rows)
+    if truncated:
+        _warn(f"{name}: {truncated} of {len(questions)} prompts were cut from the left to fit {max_length} tokens")
+    acc = accuracy(correct, len(questions))
     return BenchResult(
-        name=name, correct=correct, total=len(scored_qs), accuracy=acc.value, ci_low=acc.low, ci_high=acc.high,
-        skipped=len(questions) - len(scored_qs), seconds=round(time.perf_counter() - t0, 3),
+        name=name, file=str(path), format=file_format(path), protocol=cfg.protocol, correct=correct,
+        total=len(questions), accuracy=acc.value, ci_low=acc.low, ci_high=acc.high,
+        multi_answer=sum(q.is_multi for q in questions), truncated=truncated,
+        one_pass=sum(bool(r.get("one_pass")) for r in rows),
+        fallback=sum(r.get("branch") == "none" for r in rows),
+        seconds=round(seconds, 3), questions_per_s=round(len(questions) / seconds, 3) if seconds > 0 else 0.0,
         predictions_file=str(pred_path),
         by_group={g: _group_stats(c, n) for g, (c, n) in sorted(groups.items())},
     )
@@ -152,19 +229,27 @@ def _group_stats(correct: int, total: int) -> dict:
 
 
 def format_table(results: list[BenchResult]) -> str:
-    """Markdown table: benchmark, n, accuracy %, 95 % Wilson interval, skipped multi-answer items."""
-    lines = ["| benchmark | n | accuracy | 95% CI (Wilson) | skipped | seconds |", "|---|---:|---:|---|---:|---:|"]
+    """Markdown table: benchmark, n, accuracy %, 95 % Wilson interval, questions/s, truncated, multi-answer."""
+    lines = ["| benchmark | protocol | n | accuracy | 95% CI (Wilson) | questions/s | truncated | multi-answer |",
+             "|---|---|---:|---:|---|---:|---:|---:|"]
     for r in results:
         lines.append(
-            f"| {r.name} | {r.total} | {100 * r.accuracy:.1f} | [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}] "
-            f"| {r.skipped} | {r.seconds:.1f} |"
+            f"| {r.name} | {r.protocol} | {r.total} | {100 * r.accuracy:.1f} "
+            f"| [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}] | {r.questions_per_s:.2f} | {r.truncated} "
+            f"| {r.multi_answer} |"
         )
     return "\n".join(lines)
 
 
-def write_summary(results: list[BenchResult], cfg: EvalConfig, model_path: str, out_dir: Path) -> str:
+def write_summary(results: list[BenchResult], cfg: EvalConfig, model: dict, out_dir: Path) -> str:
+    """``summary.json`` (model, settings, per-benchmark results) and ``summary.md`` (the table, also returned)."""
     table = format_table(results)
-    summary = {"model": model_path, "config": asdict(cfg), "benchmarks": [asdict(r) for r in results]}
-    (out_dir / "summary.json").write_text(json.dumps(summary, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    (out_dir / "summary.md").write_text(table + "\n", encoding="utf-8")
+    settings = asdict(cfg)
+    if cfg.protocol == "huatuo2":
+        settings["sampling"] = asdict(cfg.sampling)
+        settings["max_input_tokens"] = huatuo2.MAX_INPUT_TOKENS
+    summary = {"model": model, "config": settings, "benchmarks": [asdict(r) for r in results]}
+    with AtomicFiles(out_dir / "summary.json", out_dir / "summary.md") as (js, md):
+        js.write(json.dumps(summary, ensure_ascii=False, indent=2) + "\n")
+        md.write(table + "\n")
     return table

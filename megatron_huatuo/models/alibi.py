@@ -1,8 +1,11 @@
 """ALiBi attention (Baichuan2-13B) as a megatron-core core-attention module of ours.
 
-megatron-core 0.16 has no ALiBi and its ``DotProductAttention`` refuses an attention bias, so
-:class:`AlibiDotProductAttention` subclasses it (same constructor, same sharded state, same place in the layer
-spec: ``SelfAttention.submodules.core_attention``) and computes::
+megatron-core (0.16-0.19) has no ALiBi and its ``DotProductAttention`` refuses an attention bias, so
+:class:`AlibiDotProductAttention` is our SDPA core attention (``models/attention/sdpa.py``: megatron-core's
+``DotProductAttention`` contract, same place in the layer spec: ``SelfAttention.submodules.core_attention``) with
+the bias folded into SDPA's additive mask. It is the ``local`` and ``sdpa`` backend of ALiBi archs; ``flex`` adds
+the same bias inside FlexAttention (``models/attention/flex.py``) and ``te`` passes the slopes to Transformer
+Engine. It computes::
 
     scores[b, h, i, j] = (q_i . k_j) / sqrt(head_dim) + slope_h * (j - i)      (masked where j > i or masked)
     probs = softmax(scores),   context = probs @ v
@@ -15,7 +18,8 @@ computed in fp32 and cast to the activation dtype, as Baichuan's own code stores
   (the interleaved extras) until there are n; this is what Baichuan2-13B uses for its 40 heads.
 - Tensor parallel: heads are split over TP ranks in order, so rank r keeps slopes[r*n/tp : (r+1)*n/tp].
 - Masks: with no ``attention_mask`` the causal mask is applied; with the boolean [B, 1, S, S] mask the trainer
-  builds from ``segment_ids`` (True = masked) that mask is used as is. Because the bias is ``slope*(j-i)``
+  builds from ``segment_ids`` (True = masked), or the same mask derived from ``SegmentParams``, that mask is used
+  as is. Because the bias is ``slope*(j-i)``
   and a segment's tokens are contiguous, the bias inside a packed segment equals the bias of that document
   alone (softmax is invariant to a per-row constant), i.e. ALiBi distances are measured within the segment.
 - Baichuan's code adds ``slope*j`` (one row for all queries) instead of ``slope*(j-i)``: the difference is a
@@ -28,12 +32,9 @@ import weakref
 from typing import List, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from megatron.core import tensor_parallel
-from megatron.core.transformer.dot_product_attention import DotProductAttention
-from megatron.core.transformer.enums import AttnMaskType
+from megatron_huatuo.models.attention.sdpa import SdpaDotProductAttention
 
 
 def alibi_slopes(num_heads: int) -> List[float]:
@@ -69,8 +70,8 @@ def alibi_bias(slopes: Tensor, seq_q: int, seq_k: int, device=None) -> Tensor:
     return slopes.to(device=device, dtype=torch.float32).view(-1, 1, 1) * distance
 
 
-class AlibiDotProductAttention(DotProductAttention):
-    """megatron-core's core attention with the ALiBi bias of this rank's heads."""
+class AlibiDotProductAttention(SdpaDotProductAttention):
+    """Core attention with the ALiBi bias of this rank's heads: the ``local`` and ``sdpa`` backends of ALiBi archs."""
 
     # (key, weakref to the mask or None, bias): the one bias shared by all layers of the current forward.
     _bias_cache: Optional[tuple] = None
@@ -79,10 +80,6 @@ class AlibiDotProductAttention(DotProductAttention):
                  softmax_scale=None, cp_comm_type=None, pg_collection=None):
         super().__init__(config, layer_number, attn_mask_type, attention_type, attention_dropout=attention_dropout,
                          softmax_scale=softmax_scale, cp_comm_type=cp_comm_type, pg_collection=pg_collection)
-        if self.config.apply_query_key_layer_scaling:
-            raise ValueError("ALiBi attention does not support apply_query_key_layer_scaling")
-        if self.config.softmax_type != "vanilla":
-            raise ValueError(f"ALiBi attention supports softmax_type='vanilla' only, not {self.config.softmax_type!r}")
         slopes = local_alibi_slopes(config.num_attention_heads, self.tp_group.rank(), self.tp_group.size())
         # A buffer (not a parameter): it follows the module to its device, is never trained and not checkpointed.
         self.register_buffer("alibi_slopes", slopes, persistent=False)
@@ -118,39 +115,8 @@ class AlibiDotProductAttention(DotProductAttention):
         AlibiDotProductAttention._bias_cache = (key, mask_ref, bias)
         return bias
 
-    def forward(
-        self,
-        query: Tensor,
-        key: Tensor,
-        value: Tensor,
-        attention_mask: Optional[Tensor],
-        attn_mask_type: Optional[AttnMaskType] = None,
-        attention_bias: Optional[Tensor] = None,
-        packed_seq_params=None,
-    ) -> Tensor:
-        """query [sq, b, np, hn], key/value [sk, b, ng, hn] -> context [sq, b, np*hn]."""
-        if packed_seq_params is not None:
-            raise ValueError("ALiBi attention takes packed documents as a segment attention_mask, not packed_seq_params")
-        if attention_bias is not None:
-            raise ValueError("ALiBi attention computes its own bias; attention_bias must be None")
-        heads, groups = self.num_attention_heads_per_partition, self.num_query_groups_per_partition
-        if heads // groups > 1:
-            key = key.repeat_interleave(heads // groups, dim=2)
-            value = value.repeat_interleave(heads // groups, dim=2)
-        sq, sk = query.size(0), key.size(0)
-        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, np, s, hn]
-
-        mask_type = attn_mask_type if attn_mask_type is not None else self.attn_mask_type
-        bias = self._masked_bias(sq, sk, attention_mask, mask_type == AttnMaskType.causal, q.dtype, q.device)
-
-        # torch's fused attention takes the additive bias directly (memory-efficient kernel on GPU, math
-        # kernel on CPU): the [b, np, sq, sk] probabilities are never kept for backward.
-        dropout_p = self.attention_dropout.p if self.training else 0.0
-        if dropout_p > 0.0 and not self.config.sequence_parallel:
-            with tensor_parallel.get_cuda_rng_tracker().fork():
-                context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p,
-                                                         scale=self.softmax_scale)
-        else:
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p,
-                                                     scale=self.softmax_scale)
-        return context.permute(2, 0, 1, 3).reshape(sq, query.size(1), self.hidden_size_per_partition)
+    def sdpa_mask(self, sq: int, sk: int, attention_mask: Optional[Tensor], packed_seq_params, causal: bool,
+                  dtype, device):
+        """The bias with the mask folded in (the segment mask of ``SegmentParams`` or the dense mask)."""
+        mask = packed_seq_params.masked() if packed_seq_params is not None else attention_mask
+        return self._masked_bias(sq, sk, mask, causal, dtype, device), False

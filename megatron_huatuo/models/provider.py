@@ -2,7 +2,7 @@
 
 - :func:`transformer_config` -> ``TransformerConfig`` (architecture + parallelism + precision + recomputation);
 - :func:`layer_spec` -> the transformer-layer ``ModuleSpec`` (megatron-core local modules, or Transformer Engine
-  modules), with our ALiBi core attention swapped in for ALiBi architectures;
+  modules) with the core attention of the chosen backend (``models/attention/``: local, sdpa, flex, te);
 - :func:`build_model` -> one ``GPTModel`` chunk (NormHead output layer for Baichuan2);
 - :func:`build_model_chunks` -> this rank's chunks (one, or one per virtual stage with the interleaved schedule).
 
@@ -17,6 +17,7 @@ from typing import Any, List, Optional
 
 import torch
 
+from megatron_huatuo.models.layout import stage_layers
 from megatron_huatuo.models.registry import ArchSpec, get_arch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -82,12 +83,11 @@ def transformer_config(
                        ("vocab_size", arch.vocab_size)):
         if size % tensor_parallel:
             raise ValueError(f"arch {arch.name}: {name}={size} is not divisible by tensor_parallel={tensor_parallel}")
-    stages = pipeline_parallel * (virtual_pipeline or 1)
-    if layers % stages:
-        raise ValueError(
-            f"arch {arch.name}: {layers} layers cannot be split evenly over pipeline_parallel={pipeline_parallel}"
-            f" x virtual_pipeline={virtual_pipeline or 1}"
-        )
+    first, last = extra.get("num_layers_in_first_pipeline_stage"), extra.get("num_layers_in_last_pipeline_stage")
+    try:  # megatron-core's uneven-split rules, checked here with the recipe's key names
+        stage_layers(layers, pipeline_parallel, virtual_pipeline, first, last)
+    except ValueError as err:
+        raise ValueError(f"arch {arch.name}: {err}") from None
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     kwargs: dict[str, Any] = dict(
@@ -102,7 +102,7 @@ def transformer_config(
         gated_linear_unit=True,
         activation_func=torch.nn.functional.silu,
         add_bias_linear=False,
-        add_qkv_bias=False,
+        add_qkv_bias=arch.qkv_bias,
         init_method_std=arch.init_method_std,
         attention_dropout=attention_dropout,
         hidden_dropout=hidden_dropout,
@@ -138,13 +138,16 @@ def transformer_config(
     return TransformerConfig(**kwargs)
 
 
-def layer_spec(arch: ArchSpec | str, config, *, transformer_impl: str = "local", masked_segments: bool = False):
+def layer_spec(arch: ArchSpec | str, config, *, transformer_impl: str = "local", masked_segments: bool = False,
+               attention_backend: str = "local"):
     """The transformer-layer ``ModuleSpec`` for ``arch``.
 
     ``transformer_impl``: "local" (megatron-core's own modules; CPU and GPU) or "transformer_engine" (TE modules;
-    required for FP8). ``masked_segments``: True when the caller passes an explicit ``attention_mask`` (packed,
-    isolated documents from ``segment_ids``). The attention is then declared ``arbitrary`` so fused causal
-    kernels cannot ignore the mask; with False the model is plain causal and the mask argument should be None.
+    required for FP8). ``attention_backend``: the core attention, one of local | sdpa | flex | te (resolve
+    ``auto`` first: ``models.attention.build_kwargs``). ``masked_segments``: True when rows hold isolated
+    documents (``models.attention.segments.model_inputs`` gives each backend its inputs). The attention is then
+    declared ``arbitrary`` so fused causal kernels cannot ignore the mask (``te`` stays causal: THD documents);
+    with False the model is plain causal and takes no mask.
     """
     from megatron.core.models.gpt.gpt_layer_specs import (
         get_gpt_layer_local_spec,
@@ -152,9 +155,13 @@ def layer_spec(arch: ArchSpec | str, config, *, transformer_impl: str = "local",
     )
     from megatron.core.transformer.enums import AttnMaskType
 
+    from megatron_huatuo.models.attention import core_attention_class
+
     arch = _as_arch(arch)
     if transformer_impl not in TRANSFORMER_IMPLS:
         raise ValueError(f"transformer_impl must be one of {TRANSFORMER_IMPLS}, got {transformer_impl!r}")
+    if attention_backend == "te" and transformer_impl != "transformer_engine":
+        raise ValueError("attention_backend='te' needs transformer_impl='transformer_engine'")
     if getattr(config, "fp8", None) and transformer_impl != "transformer_engine":
         raise ValueError("fp8 training needs transformer_impl='transformer_engine'")
     if getattr(config, "context_parallel_size", 1) > 1:
@@ -178,17 +185,15 @@ def layer_spec(arch: ArchSpec | str, config, *, transformer_impl: str = "local",
         spec.submodules.pre_mlp_layernorm = RMSNorm
     attention = spec.submodules.self_attention
     attention.params = dict(attention.params or {})
-    attention.params["attn_mask_type"] = AttnMaskType.arbitrary if masked_segments else AttnMaskType.causal
-    if arch.position_embedding == "alibi":
-        from megatron_huatuo.models.alibi import AlibiDotProductAttention
-
-        # Our bias-aware core attention, also under the TE spec (TE's linear layers and fused norms are kept).
-        attention.submodules.core_attention = AlibiDotProductAttention
+    arbitrary = masked_segments and attention_backend != "te"
+    attention.params["attn_mask_type"] = AttnMaskType.arbitrary if arbitrary else AttnMaskType.causal
+    # The backend's core attention, under either spec (TE's linear layers and fused norms are kept).
+    attention.submodules.core_attention = core_attention_class(attention_backend, arch)
     return spec
 
 
 def block_spec(arch: ArchSpec | str, config, vp_stage: Optional[int] = None, *, transformer_impl: str = "local",
-               masked_segments: bool = False):
+               masked_segments: bool = False, attention_backend: str = "local"):
     """The decoder-block spec of this pipeline stage: :func:`layer_spec` repeated, and our final norm.
 
     Given only a layer spec, megatron-core picks the final norm itself (Apex, else torch's, which refuses
@@ -196,7 +201,8 @@ def block_spec(arch: ArchSpec | str, config, vp_stage: Optional[int] = None, *, 
     """
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
-    layer = layer_spec(arch, config, transformer_impl=transformer_impl, masked_segments=masked_segments)
+    layer = layer_spec(arch, config, transformer_impl=transformer_impl, masked_segments=masked_segments,
+                       attention_backend=attention_backend)
     if transformer_impl == "transformer_engine":
         from megatron.core.extensions.transformer_engine import TENorm as final_norm
     else:
@@ -214,6 +220,7 @@ def build_model(
     *,
     transformer_impl: str = "local",
     masked_segments: bool = False,
+    attention_backend: str = "local",
     max_sequence_length: Optional[int] = None,
     parallel_output: bool = True,
 ):
@@ -222,6 +229,7 @@ def build_model(
     The caller's ``config`` decides parallelism and precision (see :func:`transformer_config`).
     ``pre_process``/``post_process``: whether this chunk holds the embedding / the final norm and output layer.
     Baichuan2 gets the NormHead output layer; ALiBi architectures get no rotary embedding.
+    ``attention_backend``/``transformer_impl``/``masked_segments``: from ``models.attention.build_kwargs``.
     """
     from megatron.core.models.gpt import GPTModel
 
@@ -230,7 +238,8 @@ def build_model(
     arch = _as_arch(arch)
     if arch.norm_head and arch.tie_embeddings:
         raise ValueError(f"arch {arch.name}: NormHead cannot be tied to the input embedding")
-    spec = block_spec(arch, config, vp_stage, transformer_impl=transformer_impl, masked_segments=masked_segments)
+    spec = block_spec(arch, config, vp_stage, transformer_impl=transformer_impl, masked_segments=masked_segments,
+                      attention_backend=attention_backend)
     model = GPTModel(
         config=config,
         transformer_layer_spec=spec,
@@ -242,6 +251,8 @@ def build_model(
         share_embeddings_and_output_weights=arch.tie_embeddings,
         position_embedding_type="rope" if arch.position_embedding == "rope" else "none",
         rotary_base=int(arch.rotary_base),
+        rope_scaling=arch.rope_scaling_factor is not None,
+        rope_scaling_factor=arch.rope_scaling_factor or 8.0,
         vp_stage=vp_stage,
     )
     if arch.norm_head and post_process:

@@ -8,14 +8,20 @@ twin with the same structure (norm, MLP, position scheme, GQA, NormHead) at toy 
   ALiBi slopes are exercised; ``tiny-yi`` keeps GQA (8 query heads, 2 KV groups);
 - a 512-token vocabulary.
 
+Any other model comes from its Hugging Face ``config.json`` (``megatron_huatuo.models.hf_config``): the registry
+names are presets, not the list of what can be trained.
+
 Nothing here imports megatron-core: the checkpoint converters and the data tools can read the registry alone.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Dict, Literal, Optional
+from typing import Any, Dict, Literal, Optional
 
 PositionEmbedding = Literal["rope", "alibi"]
+# Which Hugging Face layout an arch exports to by default: baichuan2 (W_pack, NormHead), or the transformers model
+# of that name (yi and llama are both LlamaForCausalLM).
+Family = Literal["baichuan2", "yi", "llama", "mistral", "qwen2"]
 
 
 @dataclass(frozen=True)
@@ -23,7 +29,7 @@ class ArchSpec:
     """One decoder-only architecture. Field names say what they are in the HF config where they differ."""
 
     name: str
-    family: Literal["baichuan2", "yi"]
+    family: Family
     num_layers: int  # num_hidden_layers
     hidden_size: int
     num_attention_heads: int
@@ -38,10 +44,15 @@ class ArchSpec:
     tie_embeddings: bool = False
     init_method_std: float = 0.02  # initializer_range
     hf_architecture: str = ""  # the ``architectures`` entry of the HF config (for the checkpoint tools)
+    qkv_bias: bool = False  # biases on q/k/v (Qwen2); no other linear layer has a bias
+    # Llama-3 RoPE scaling ("rope_type": "llama3") factor; None = plain RoPE. megatron-core fixes the other three
+    # llama3 parameters (low_freq_factor 1, high_freq_factor 4, original context 8192); configs differing are refused.
+    rope_scaling_factor: Optional[float] = None
+    kv_channels: Optional[int] = None  # head_dim when it is not hidden_size / num_attention_heads (Mistral-Nemo)
 
     def __post_init__(self) -> None:
         problems = []
-        if self.hidden_size % self.num_attention_heads:
+        if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
             problems.append(f"hidden_size {self.hidden_size} not divisible by heads {self.num_attention_heads}")
         if self.num_attention_heads % self.num_query_groups:
             problems.append(
@@ -50,12 +61,28 @@ class ArchSpec:
             )
         if self.position_embedding not in ("rope", "alibi"):
             problems.append(f"position_embedding must be 'rope' or 'alibi', got {self.position_embedding!r}")
+        if self.family not in ("baichuan2", "yi", "llama", "mistral", "qwen2"):
+            problems.append(f"unknown family {self.family!r}")
+        if self.position_embedding == "alibi" and self.rope_scaling_factor is not None:
+            problems.append("rope_scaling_factor given for an ALiBi arch")
         if problems:
             raise ValueError(f"arch {self.name!r}: " + "; ".join(problems))
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+    def to_json(self) -> Dict[str, Any]:
+        """Every field, JSON-ready (written into import and training directories so tools can read it back)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any], where: str = "") -> "ArchSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown ArchSpec field(s) {unknown}")
+        return cls(**data)
 
     @property
     def is_tiny(self) -> bool:
@@ -64,8 +91,8 @@ class ArchSpec:
     def num_parameters(self) -> int:
         """Parameter count (embeddings, attention, MLP, norms, output layer), for logs and FLOP/MFU formulas."""
         h, f, v, n = self.hidden_size, self.ffn_hidden_size, self.vocab_size, self.num_layers
-        kv = self.num_query_groups * self.head_dim
-        attn = h * (h + 2 * kv) + h * h
+        q, kv = self.num_attention_heads * self.head_dim, self.num_query_groups * self.head_dim
+        attn = h * (q + 2 * kv) + q * h + ((q + 2 * kv) if self.qkv_bias else 0)
         mlp = 3 * h * f
         per_layer = attn + mlp + 2 * h
         embed = v * h * (1 if self.tie_embeddings else 2)
@@ -80,9 +107,9 @@ class ArchSpec:
         is deliberately not counted (MFU, not hardware FLOPs utilisation).
         """
         h, f, v, n = self.hidden_size, self.ffn_hidden_size, self.vocab_size, self.num_layers
-        kv = self.num_query_groups * self.head_dim
-        dense = h * (h + 2 * kv) + h * h + 3 * h * f
-        attention = 2 * seq_length * h
+        q, kv = self.num_attention_heads * self.head_dim, self.num_query_groups * self.head_dim
+        dense = h * (q + 2 * kv) + q * h + 3 * h * f
+        attention = 2 * seq_length * q
         forward = 2 * (n * (dense + attention) + h * v)
         return float(3 * forward if training else forward)
 
@@ -172,3 +199,8 @@ def arch_names(include_tiny: bool = True) -> list[str]:
 def find_arch(name: Optional[str]) -> Optional[ArchSpec]:
     """Like :func:`get_arch` but ``None`` for ``None``/unknown names (for optional lookups)."""
     return ARCHS.get(name) if name else None
+
+
+# Special token ids of the presets' tokenizers (Baichuan2 and Yi both: <unk>/<pad> 0, <s> 1, </s> 2), written into
+# an export's config.json / generation_config.json when no source config.json is known.
+PRESET_TOKEN_IDS: Dict[str, int] = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}

@@ -7,12 +7,18 @@ layers, pipeline schedules, DistributedDataParallel, the distributed optimizer, 
 1. ``torch.cuda.current_device()`` is used to place tensors: it answers ``"cpu"``.
 2. The model-parallel RNG tracker saves and restores the CUDA generator state around every ``fork()``: on CPU the
    "CUDA" generator is the default CPU generator, which is what CPU dropout draws from.
-3. Literal ``device="cuda"`` arguments, ``Tensor.cuda()`` and ``torch.cuda.synchronize()`` (pipeline schedules,
+3. Literal ``device="cuda"`` arguments, ``Tensor.cuda()``, ``torch.cuda.synchronize()`` and
+   ``torch.cuda.current_stream()`` (megatron-core >= 0.17 waits on it before a gradient reduce) (pipeline schedules,
    causal masks, loss reductions, optimizer scalars, dist_checkpointing exchanges) are rewritten to the CPU by a
    ``TorchFunctionMode`` pushed for the process.
 4. megatron-core's optimizers sort parameters by ``param.type()`` and reject anything that is not a
    ``torch.cuda.*Tensor``; for calls made from ``megatron.core.optimizer`` only, the mode answers the CUDA name of
    the CPU tensor type, so the distributed optimizer builds its fp32 main-parameter groups on CPU.
+
+Caveat: a mode is popped while its own handler runs, and ``Tensor.backward`` / ``torch.autograd.backward`` are
+dispatched through it, so a backward started that way runs unmapped (megatron-core's recomputation then fails on
+its "cuda" causal mask). megatron-core's schedules start backward on the autograd engine directly
+(``custom_backward``), which keeps the mapping; tests that run backward themselves do the same.
 
 On a machine with CUDA, ``enable_cpu_compat()`` does nothing.
 """
@@ -74,6 +80,19 @@ class _CudaToCpuMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class _CpuStream:
+    """What ``torch.cuda.current_stream()`` answers on CPU: work is already ordered, so waits are no-ops."""
+
+    def wait_event(self, event) -> None:
+        return None
+
+    def wait_stream(self, stream) -> None:
+        return None
+
+    def synchronize(self) -> None:
+        return None
+
+
 def _patch_rng_tracker() -> None:
     import megatron.core.tensor_parallel.random as mp_random
 
@@ -110,6 +129,7 @@ def enable_cpu_compat() -> bool:
         torch.cuda.manual_seed = lambda seed: torch.default_generator.manual_seed(int(seed))
         torch.cuda.manual_seed_all = lambda seed: None
         torch.cuda.empty_cache = lambda: None
+        torch.cuda.current_stream = lambda *a, **k: _CpuStream()
         _patch_rng_tracker()
         logging.getLogger("megatron.core.tensor_parallel.random").addFilter(_SameGeneratorFilter())
         _CudaToCpuMode().__enter__()  # stays pushed for the life of the process

@@ -6,11 +6,15 @@ object per rank, "rng_layout": [tp, pp, dp]}``;
 ``<dir>/latest_checkpointed_iteration.txt`` names the newest *complete* one. The marker is written (tmp file +
 ``os.replace``) only after every rank has finished the save, so a job killed mid-save resumes from the previous
 complete checkpoint and never reads a half-written directory (which is deleted before it is saved again).
+
+Trust (docs/reliability.md): a save refuses a model with a non-finite parameter; each ``iter_*`` directory gets
+``huatuo_manifest.json`` (sizes + checksums, ``training/manifest.py``) as its last file, fsynced before the marker
+moves; every load checks it first and reads without arbitrary unpickling (``training/dcp_io.py``) unless the
+directory is trusted (``checkpoint.trust``). Files are written by the rank's own threads: no helper process.
 """
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import shutil
 from pathlib import Path
@@ -110,8 +114,12 @@ def _rank() -> int:
 
 
 def save(root: str, iteration: int, chunks, optimizer, scheduler, consumed_samples: int) -> Path:
-    from megatron.core import dist_checkpointing
+    """Collective. Refuses (:class:`~megatron_huatuo.training.nonfinite.NonFiniteError`, before anything is written)
+    a model with a NaN/Inf parameter on any rank, so ``latest`` never names one."""
+    from megatron_huatuo.training import dcp_io, manifest
+    from megatron_huatuo.training.nonfinite import check_finite_parameters
 
+    check_finite_parameters(chunks, f"not saving iteration {iteration} to {root}")
     target = iteration_dir(root, iteration)
     if _rank() == 0:
         if target.exists():  # an incomplete earlier attempt at this iteration
@@ -119,18 +127,18 @@ def save(root: str, iteration: int, chunks, optimizer, scheduler, consumed_sampl
         target.mkdir(parents=True)
     _barrier()
     state = model_state(chunks)
-    state["optimizer"] = optimizer.sharded_state_dict(state, metadata=OPTIMIZER_METADATA)
+    with _bucket_padding_kept(optimizer):
+        state["optimizer"] = optimizer.sharded_state_dict(state, metadata=OPTIMIZER_METADATA)
     state["scheduler"] = scheduler.state_dict()
     state["iteration"] = iteration
     state["consumed_samples"] = consumed_samples
     state["rng_layout"] = _layout()
     state["rng_state"] = _rng_sharded(capture_rng())
-    dist_checkpointing.save(state, str(target))
+    dcp_io.save(state, target)
     _barrier()
+    manifest.write_manifest(target, distributed=True)  # every rank hashes its own files; rank 0 writes it last
     if _rank() == 0:
-        tmp = Path(root) / (MARKER + ".tmp")
-        tmp.write_text(f"{iteration}\n")
-        os.replace(tmp, Path(root) / MARKER)
+        manifest.durable_write_text(Path(root) / MARKER, f"{iteration}\n")
     _barrier()
     return target
 
@@ -155,6 +163,50 @@ def _materialize_adam_state(optimizer) -> None:
         inner.zero_grad()
         for group, lr in zip(inner.param_groups, saved):
             group["lr"] = lr
+
+
+@contextlib.contextmanager
+def _bucket_padding_kept(optimizer):
+    """Work around megatron-core (0.16.1 to 0.19.2) writing wrong fully-reshardable distributed-optimizer states
+    when the gradient buffer has several buckets (``overlap_grad_reduce``, on by default on CUDA).
+
+    ``get_parameter_state_dp_zero`` gathers each bucket and concatenates them *without* the padding at the end of
+    every bucket, but ``sharded_param_state_fully_reshardable`` then slices that tensor with the parameters'
+    offsets in the *padded* buffer: every parameter after the first padded bucket gets another parameter's values
+    (measured: a two-rank run saved with 20,000-element buckets resumed at a fresh model's loss). With one bucket
+    (no overlap) there is no padding in between and nothing changes. For the duration of a state-dict build, the
+    gathered tensors are put back at their buckets' offsets, so the slices are right.
+    """
+    patched = []
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        original = getattr(opt, "get_parameter_state_dp_zero", None)
+        if original is None or not getattr(opt.config, "use_distributed_optimizer", False):
+            continue
+
+        def padded(*args, _opt=opt, _original=original, **kwargs):
+            state = _original(*args, **kwargs)
+            if state is None:
+                return None
+            for gbuf_idx, buffer in enumerate(_opt.buffers):
+                for world in state[gbuf_idx].values():
+                    for key, tensor in list(world.items()):
+                        if not isinstance(tensor, torch.Tensor) or tensor.numel() != buffer.numel_unpadded:
+                            continue
+                        full, start = tensor.new_zeros(buffer.numel), 0
+                        for bucket in buffer.buckets:
+                            full[bucket.offset:bucket.offset + bucket.numel_unpadded] = \
+                                tensor[start:start + bucket.numel_unpadded]
+                            start += bucket.numel_unpadded
+                        world[key] = full
+            return state
+
+        opt.get_parameter_state_dp_zero = padded
+        patched.append(opt)
+    try:
+        yield
+    finally:
+        for opt in patched:
+            del opt.get_parameter_state_dp_zero
 
 
 @contextlib.contextmanager
@@ -196,26 +248,30 @@ def _torch_adam_step_kept_aside(optimizer):
                     state["step"] = state["step"].clone()
 
 
-def load(root: str, iteration: int, chunks, optimizer, scheduler) -> dict:
+def load(root: str, iteration: int, chunks, optimizer, scheduler, trust: bool = False) -> dict:
     """Restores model, optimizer and scheduler in place; returns ``{"iteration", "consumed_samples", "rng"}``.
 
     ``rng`` is this rank's saved generator state for :func:`restore_rng`, which the caller applies right before
     the next step (building the data loader draws from torch's generator). RNG states are per rank, so they come
     back only when the checkpoint was saved with the same TP/PP/DP layout (as in Megatron-LM); after a layout
     change ``rng`` is None and the run continues with freshly seeded generators, which only matters with dropout.
+
+    Collective. The directory is checked against its manifest first and read without arbitrary unpickling;
+    ``trust`` lets a directory without manifest through (warning) and unpickles with megatron-core's own loaders.
     """
-    from megatron.core import dist_checkpointing
+    from megatron_huatuo.training import dcp_io, manifest
 
+    path = iteration_dir(root, iteration)
+    manifest.verify_manifest(path, trust=trust, distributed=True)
     _materialize_adam_state(optimizer)
-
-    path = str(iteration_dir(root, iteration))
     template = model_state(chunks)
-    template["optimizer"] = optimizer.sharded_state_dict(template, is_loading=True, metadata=OPTIMIZER_METADATA)
-    common = dist_checkpointing.load_common_state_dict(path)
+    with _bucket_padding_kept(optimizer):
+        template["optimizer"] = optimizer.sharded_state_dict(template, is_loading=True, metadata=OPTIMIZER_METADATA)
+    common = dcp_io.load_common_state_dict(path, trust=trust)
     with_rng = common.get("rng_layout") == _layout()
     if with_rng:
         template["rng_state"] = _rng_sharded(None)
-    loaded = dist_checkpointing.load(template, path)
+    loaded = dcp_io.load(template, path, trust=trust)
     _apply_model_state(loaded, chunks)
     with _torch_adam_step_kept_aside(optimizer):
         optimizer.load_state_dict(loaded["optimizer"])
@@ -224,7 +280,7 @@ def load(root: str, iteration: int, chunks, optimizer, scheduler) -> dict:
             "rng": loaded["rng_state"] if with_rng else None}
 
 
-def load_pretrained(path: str, chunks) -> None:
+def load_pretrained(path: str, chunks, trust: bool = False, manifest_checked: bool = False) -> None:
     """Weights only from a dist_checkpointing directory (an import, or a training checkpoint's ``iter_*``),
     resharded to this layout.
 
@@ -232,9 +288,13 @@ def load_pretrained(path: str, chunks) -> None:
     ``"model1"`` entries of virtual pipeline chunks read an import saved under ``"model"``. All chunks are loaded
     in ONE call: megatron-core checks that each shard of a stacked layer tensor is read once per load, and chunk
     by chunk loads fail that check with virtual pipeline stages.
+
+    Collective; manifest and safe loading as in :func:`load` (``manifest_checked``: the caller just verified it).
     """
-    from megatron.core import dist_checkpointing
+    from megatron_huatuo.training import dcp_io, manifest
 
     if not Path(path).is_dir():
         raise FileNotFoundError(f"checkpoint.pretrained: {path} is not a directory")
-    _apply_model_state(dist_checkpointing.load(model_state(chunks), path), chunks)
+    if not manifest_checked:
+        manifest.verify_manifest(path, trust=trust, distributed=True)
+    _apply_model_state(dcp_io.load(model_state(chunks), path, trust=trust), chunks)

@@ -6,6 +6,7 @@ import json
 import sys
 from typing import List, Optional
 
+from megatron_huatuo.atomic import OUTPUT_ERRORS, exit_code
 from preprocessing.dataset.formats import FormatError
 
 
@@ -21,6 +22,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--no-append-eod", dest="append_eod", action="store_false",
                    help="do not end documents with the EOS id (Megatron-LM without --append-eod)")
     t.add_argument("--workers", type=int, default=1, help="processes; the output is the same for any count")
+    t.add_argument("--allow-empty", action="store_true", help="skip input files without rows instead of refusing")
     b = sub.add_parser("build", help="pairs + SFT JSONL -> tokenised one-stage dataset directory")
     b.add_argument("--pairs", action="append", default=[], help="unified pair JSONL (repeatable)")
     b.add_argument("--sft", action="append", default=[], help="ShareGPT/Alpaca/list JSONL (repeatable)")
@@ -30,6 +32,13 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--template", default="huatuo", choices=["huatuo", "baichuan2", "yi"])
     b.add_argument("--out", required=True)
     b.add_argument("--workers", type=int, default=1, help="processes; the output is the same for any count")
+    b.add_argument("--allow-empty", action="store_true", help="skip input files without rows instead of refusing")
+    b.add_argument("--shard", default=None, metavar="I/N",
+                   help="encode only shard I of N into OUT.shards/; then `build-merge --out OUT --shards N`")
+    m = sub.add_parser("build-merge", help="the dataset directory from the parts of `build --shard i/n` (the bytes "
+                                           "of an unsharded build)")
+    m.add_argument("--out", required=True, help="the --out every shard was given")
+    m.add_argument("--shards", type=int, required=True, help="N of the shards' --shard i/N")
     i = sub.add_parser("inspect", help="per-source counts and the packed order's statistics")
     i.add_argument("dir")
     i.add_argument("--seq-length", type=int, default=None)
@@ -51,18 +60,40 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"tokenize: opening {len(args.input)} input(s), {args.workers} worker(s)", flush=True)
             rep = tokenize(TokenizeConfig(inputs=args.input, tokenizer=args.tokenizer,
                                           output_prefix=args.output_prefix, json_keys=args.json_keys,
-                                          append_eod=args.append_eod, workers=args.workers))
+                                          append_eod=args.append_eod, workers=args.workers,
+                                          allow_empty=args.allow_empty))
             secs = max(rep["seconds"], 1e-9)
             for key, r in rep["outputs"].items():
                 print(f"{key}: {r['documents']} documents, {r['tokens']} tokens ({rep['dtype']}) -> {r['prefix']}.bin/.idx")
             print(f"{rep['lines'] / secs:.1f} docs/s, {rep['bytes'] / secs / 1e6:.2f} MB/s, {secs:.2f} s, "
                   f"{rep['workers']} worker(s)")
-        elif args.cmd == "build":
+        elif args.cmd == "build" and args.shard:
             from preprocessing.dataset.build import BuildConfig, build
+            from preprocessing.sharding import Shard
 
-            m = build(BuildConfig(pairs=args.pairs, sft=args.sft, tokenizer=args.tokenizer,
-                                  seq_length=args.seq_length, seed=args.seed, out=args.out, template=args.template,
-                                  workers=args.workers))
+            shard = Shard.parse(args.shard)
+            meta = build(BuildConfig(pairs=args.pairs, sft=args.sft, tokenizer=args.tokenizer,
+                                     seq_length=args.seq_length, seed=args.seed, out=args.out,
+                                     template=args.template, workers=args.workers,
+                                     allow_empty=args.allow_empty), shard)
+            if not shard.whole:
+                print(f"shard {shard.index}/{shard.count}: {len(meta['results'])} of {meta['ranges']} ranges; when "
+                      f"every shard is done: python -m preprocessing.dataset build-merge --out {args.out} "
+                      f"--shards {shard.count}")
+            else:
+                print(f"wrote {args.out}")
+        elif args.cmd in ("build", "build-merge"):
+            from preprocessing.dataset.build import BuildConfig, build, merge_shards
+
+            if args.cmd == "build-merge":
+                if args.shards < 1:
+                    raise ValueError(f"--shards must be at least 1, got {args.shards}")
+                m = merge_shards(args.out, args.shards)
+            else:
+                m = build(BuildConfig(pairs=args.pairs, sft=args.sft, tokenizer=args.tokenizer,
+                                      seq_length=args.seq_length, seed=args.seed, out=args.out,
+                                      template=args.template, workers=args.workers,
+                                      allow_empty=args.allow_empty))
             for s in m["sources"]:
                 print(f"{s['name']}: {s['documents']} documents, {s['tokens']} tokens, "
                       f"{s['trained_tokens']} trained, priority {s['priority']}, epochs {s['epochs']}")
@@ -98,4 +129,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (FormatError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OUTPUT_ERRORS as exc:  # another writer holds the output (2), or the disk is full (1)
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_code(exc)
     return 0

@@ -22,10 +22,8 @@ from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
-_HEADER = b"MMIDIDX\x00\x00"
-# megatron.core.datasets.indexed_dataset.DType codes.
-DTYPE_CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5, np.float64: 6, np.float32: 7,
-               np.uint16: 8}
+from megatron_huatuo.data.indexed_files import DTYPE_CODES, INDEX_HEADER as _HEADER, TruncatedDataset
+
 MIN_RANGE_BYTES = 1 << 20
 MAX_RANGE_BYTES = 64 << 20
 
@@ -101,6 +99,7 @@ class StreamShard:
     bin_path: str
     sequence_lengths: np.ndarray  # int32
     doc_sequences: np.ndarray  # int64, sequences per document (0 for an empty document)
+    max_id: int = -1  # the largest value written (-1: none), for the dataset's compatibility record
 
 
 class ShardWriter:
@@ -116,6 +115,7 @@ class ShardWriter:
         self._lens: Dict[str, List[np.ndarray]] = {}
         self._docs: Dict[str, List[np.ndarray]] = {}
         self._files: Dict[str, object] = {}
+        self._max: Dict[str, int] = {}
 
     def open_stream(self, stream: str) -> None:
         """Start a stream (also done by the first ``add_document``); a started stream appears in ``close()``."""
@@ -123,6 +123,7 @@ class ShardWriter:
             self.dtypes[stream] = self.dtype_of(stream)
             self._ids[stream], self._lens[stream], self._docs[stream] = [], [], []
             self._pending[stream] = 0
+            self._max[stream] = -1
             self._files[stream] = open(self.bin_path(stream), "wb")
 
     def bin_path(self, stream: str) -> str:
@@ -139,8 +140,11 @@ class ShardWriter:
         if stream not in self._files:
             self.open_stream(stream)
         dtype = self.dtypes[stream]
-        if len(ids) and (int(ids.min()) < np.iinfo(dtype).min or int(ids.max()) > np.iinfo(dtype).max):
-            raise ValueError(f"token id out of range for {np.dtype(dtype).name} in stream {stream!r}")
+        if len(ids):
+            low, high = int(ids.min()), int(ids.max())
+            if low < np.iinfo(dtype).min or high > np.iinfo(dtype).max:
+                raise ValueError(f"token id out of range for {np.dtype(dtype).name} in stream {stream!r}")
+            self._max[stream] = max(self._max[stream], high)
         self._ids[stream].append(ids.astype(dtype, copy=False))
         self._lens[stream].append(np.asarray(sequence_lengths, dtype=np.int32))
         self._docs[stream].append(np.asarray(doc_sequences, dtype=np.int64))
@@ -162,7 +166,7 @@ class ShardWriter:
             fh.close()
             lens, docs = self._lens[k], self._docs[k]
             out[k] = StreamShard(self.bin_path(k), np.concatenate(lens) if lens else np.zeros(0, np.int32),
-                                 np.concatenate(docs) if docs else np.zeros(0, np.int64))
+                                 np.concatenate(docs) if docs else np.zeros(0, np.int64), self._max[k])
         return out
 
 
@@ -185,8 +189,18 @@ def write_index(idx_path: str | Path, dtype: type, sequence_lengths: np.ndarray,
 
 
 def merge_stream(parts: Sequence[StreamShard], prefix: str | Path, dtype: type) -> Tuple[int, int]:
-    """Concatenate the parts (in order) into ``prefix.bin/.idx``; returns (documents, tokens)."""
+    """Concatenate the parts (in order) into ``prefix.bin/.idx``; returns (documents, tokens).
+
+    Each part's size is checked against its lengths first: a part left short on disk (a shard's files copied or
+    written incompletely) is refused naming it, instead of shifting every later document.
+    """
     prefix = str(prefix)
+    itemsize = np.dtype(dtype).itemsize
+    for p in parts:
+        expected, actual = int(p.sequence_lengths.astype(np.int64).sum()) * itemsize, os.path.getsize(p.bin_path)
+        if actual != expected:
+            raise TruncatedDataset(f"{p.bin_path}: expected {expected} bytes ({len(p.sequence_lengths)} sequences "
+                                   f"of {np.dtype(dtype).name}), found {actual}: rerun the step that wrote it")
     with open(prefix + ".bin", "wb") as out:
         for p in parts:
             with open(p.bin_path, "rb") as fh:
@@ -210,12 +224,45 @@ def run_ordered(fn: Callable, tasks: Sequence, workers: int) -> List:
         return list(pool.imap(fn, tasks, chunksize=1))
 
 
+def empty_inputs(paths: Sequence[str | Path]) -> List[str]:
+    """The inputs without a single non-blank line (each read only up to its first non-whitespace byte)."""
+    empty = []
+    for path in paths:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 16):
+                if chunk.strip():
+                    break
+            else:
+                empty.append(str(path))
+    return empty
+
+
+def refuse_empty_inputs(paths: Sequence[str | Path], allow_empty: bool) -> None:
+    """An empty input is almost always a wrong path or a failed earlier step: an error unless ``--allow-empty``.
+    All inputs empty is always an error (megatron-core cannot even open an empty dataset)."""
+    empty = empty_inputs(paths)
+    if paths and len(empty) == len(paths):
+        raise ValueError("no rows in any input file")
+    if empty and not allow_empty:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise ValueError(f"input {empty[0]}{more} is empty (no rows); pass --allow-empty if that is intended")
+
+
 @dataclass
 class TempDir:
     """A scratch directory beside the output, removed on exit (also after an error)."""
 
     path: Path
     _made: bool = field(default=False, init=False)
+
+    @classmethod
+    def beside(cls, out: str | Path) -> "TempDir":
+        """``.<name>.shards-<pid>`` next to ``out``; scratch left by killed runs is removed first (the caller holds
+        ``out``'s writer lock, so no live run owns it)."""
+        out = Path(out)
+        for stale in out.parent.glob(f".{out.name}.shards-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        return cls(out.parent / f".{out.name}.shards-{os.getpid()}")
 
     def __enter__(self) -> Path:
         if self.path.exists():

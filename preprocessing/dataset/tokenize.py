@@ -7,6 +7,9 @@ non-empty element (Megatron-LM's pre-split sentences); the EOD (the tokenizer's 
 sequence of every document that has tokens; a document without tokens is kept as an empty document; token dtype
 uint16 below 65,500 ids, else int32 (see :mod:`megatron_huatuo.data.tokenizer` for the tokenizer semantics).
 
+Beside each output it writes ``{prefix}.manifest.json``, the compatibility record the trainer checks the model
+against (:mod:`megatron_huatuo.data.compat`); Megatron-LM tools ignore it.
+
 Differences that do not change the output for input Megatron-LM accepts: blank lines are skipped (Megatron-LM
 stops with a JSON error), and a bad line stops the run with ``file:line: reason``.
 """
@@ -21,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from megatron_huatuo.atomic import single_writer
+from megatron_huatuo.data import compat
 from preprocessing.dataset.formats import FormatError
 from preprocessing.dataset.shards import (Range, ShardWriter, StreamShard, TempDir, iter_lines, line_number,
-                                          merge_stream, optimal_dtype, plan_ranges, run_ordered)
+                                          merge_stream, optimal_dtype, plan_ranges, refuse_empty_inputs, run_ordered)
 
 
 @dataclass
@@ -35,6 +40,7 @@ class TokenizeConfig:
     append_eod: bool = True
     workers: int = 1
     batch_lines: int = 256
+    allow_empty: bool = False  # an input without rows is skipped instead of refused
 
 
 def output_prefix(cfg: TokenizeConfig, key: str) -> str:
@@ -124,30 +130,43 @@ def _encode_range(r: Range) -> tuple:
     return writer.close(), nbytes
 
 
+@single_writer(lambda a: a["cfg"].output_prefix)
 def tokenize(cfg: TokenizeConfig) -> dict:
-    """Tokenise every input (in order) into one indexed dataset per JSON key; returns counts and timing."""
+    """Tokenise every input (in order) into one indexed dataset per JSON key; returns counts and timing.
+
+    Every key's ``.bin``/``.idx`` is first merged in a scratch directory beside the output, then renamed into place,
+    and its ``<prefix>.manifest.json`` (compatibility record, :mod:`megatron_huatuo.data.compat`) is written last,
+    so a killed run leaves either the previous files or complete new ones, and never a record of other files.
+    """
     if cfg.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {cfg.workers}")
     for p in cfg.inputs:
         if not Path(p).is_file():
             raise FileNotFoundError(f"--input {p}: no such file")
+    refuse_empty_inputs(cfg.inputs, cfg.allow_empty)
     t0 = time.perf_counter()
     out = Path(cfg.output_prefix)
     out.parent.mkdir(parents=True, exist_ok=True)
     ranges = plan_ranges(cfg.inputs, cfg.workers)
-    with TempDir(out.parent / f".{out.name}.shards-{os.getpid()}") as scratch:
+    with TempDir.beside(out) as scratch:
         _init(cfg, str(scratch))  # before the pool forks: workers inherit the loaded tokenizer
         results = run_ordered(_encode_range, ranges, cfg.workers)
-        dtype = _Worker.dtype
+        dtype, tok = _Worker.dtype, _Worker.tokenizer
         report: Dict[str, dict] = {}
-        for key in cfg.json_keys:
+        for i, key in enumerate(cfg.json_keys):
             parts: List[StreamShard] = [res[0][key] for res in results]
-            final = output_prefix(cfg, key)
-            tmp = f"{final}.tmp-{os.getpid()}"
-            docs, tokens = merge_stream(parts, tmp, dtype)
-            os.replace(tmp + ".bin", final + ".bin")
-            os.replace(tmp + ".idx", final + ".idx")
-            report[key] = {"prefix": final, "documents": docs, "tokens": tokens}
+            staged = scratch / f"merged-{i}"
+            docs, tokens = merge_stream(parts, staged, dtype)
+            report[key] = {"prefix": output_prefix(cfg, key), "documents": docs, "tokens": tokens,
+                           "staged": staged, "max_id": max((p.max_id for p in parts), default=-1)}
+        for key, r in report.items():  # every key merged: only renames and small records from here on
+            final, staged = r["prefix"], r.pop("staged")
+            compat.prefix_manifest_path(final).unlink(missing_ok=True)  # a record never outlives its files
+            os.replace(f"{staged}.bin", f"{final}.bin")
+            os.replace(f"{staged}.idx", f"{final}.idx")
+            compat.write_prefix_manifest(final, compat.record(cfg.tokenizer, tok.vocab_size, tok.eos_id,
+                                                              r.pop("max_id")),
+                                         os.path.getsize(f"{final}.bin"), r["documents"])
     seconds = time.perf_counter() - t0
     nbytes = sum(res[1] for res in results)
     return {"outputs": report, "bytes": nbytes, "seconds": seconds, "workers": cfg.workers,

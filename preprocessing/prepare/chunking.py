@@ -17,12 +17,13 @@ def chunk(text: str, max_chars: int) -> list[str]:
         return [text]
     out, cur = [], ""
     for s in _SENTENCE_END.split(text):
-        while len(s) > max_chars:  # one very long sentence: hard split
+        if len(s) > max_chars:  # one very long sentence: hard split (by index: re-slicing the rest was quadratic)
             if cur:
                 out.append(cur)
                 cur = ""
-            out.append(s[:max_chars])
-            s = s[max_chars:]
+            whole = (len(s) - 1) // max_chars * max_chars  # what is left is 1..max_chars characters
+            out.extend(s[i:i + max_chars] for i in range(0, whole, max_chars))
+            s = s[whole:]
         if cur and len(cur) + 1 + len(s) > max_chars:  # + 1: the joining space
             out.append(cur)
             cur = ""

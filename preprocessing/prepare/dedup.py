@@ -4,7 +4,7 @@ Why split: the per-document work (normalising, shingling, MinHash) is the CPU-he
 decision "is this a duplicate of something kept before it?" depends on every earlier document, so it runs once,
 serially, in global document order (``merge``), which makes it independent of sharding and worker count.
 
-Shingles are unit n-grams (``text.units``): character ``shingle_chars``-grams for Chinese documents and word
+Shingles are unit n-grams (``text.Units``): character ``shingle_chars``-grams for Chinese documents and word
 ``shingle_words``-grams for English ones (a word n-gram set is what changes when an English sentence is edited;
 character grams of English mostly measure shared vocabulary). Near duplicates: MinHash and MinHashLSH (datasketch)
 with explicit bands, then a similarity check (``Deduplicator``).
@@ -15,25 +15,44 @@ import base64
 import functools
 import hashlib
 import zlib
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
 from preprocessing.prepare.config import PrepareConfig
-from preprocessing.prepare.text import normalised
+from preprocessing.prepare.text import Units
 
 
-def exact_key(us: list[str]) -> str:
-    """SHA-256 (128 bits, hex) of the normalised text (``text.normalised``) of a document's units."""
-    return hashlib.sha256(normalised(us).encode("utf-8")).hexdigest()[:32]
+SHINGLE_BATCH = 4096  # shingles hashed at once: datasketch holds num_perm x batch 64-bit values while it does
 
 
-def shingles(us: list[str], lang: str, cfg: PrepareConfig) -> set[str]:
-    """Character n-grams (``zh``) or space-joined word n-grams (``en``) of a document's units (``text.units``)."""
+def exact_key(us: Units) -> str:
+    """SHA-256 (128 bits, hex) of the document's units joined: NFKC, lower case, no punctuation or spaces."""
+    digest = hashlib.sha256()
+    for part in us.joined():
+        digest.update(part.encode("utf-8"))
+    return digest.hexdigest()[:32]
+
+
+def shingle_batches(us: Units, lang: str, cfg: PrepareConfig) -> Iterator[list[str]]:
+    """Character n-grams (``zh``) or space-joined word n-grams (``en``) of the units, ``SHINGLE_BATCH`` at a time.
+
+    Streamed so that a very large document never holds all its shingles at once.
+    """
     n, sep = (cfg.shingle_chars, "") if lang == "zh" else (cfg.shingle_words, " ")
     if len(us) <= n:
-        return {sep.join(us)}
-    return {sep.join(gram) for gram in zip(*(us[i:] for i in range(n)))}
+        yield [sep.join(us.strings())]
+        return
+    starts = len(us) - n + 1
+    for lo in range(0, starts, SHINGLE_BATCH):
+        hi = min(lo + SHINGLE_BATCH, starts)
+        words = us.strings(lo, hi + n - 1)
+        yield [sep.join(gram) for gram in zip(*(words[i:] for i in range(n)))]
+
+
+def shingles(us: Units, lang: str, cfg: PrepareConfig) -> set[str]:
+    """The document's set of shingles (``shingle_batches``)."""
+    return {s for batch in shingle_batches(us, lang, cfg) for s in batch}
 
 
 @functools.lru_cache(maxsize=4)
@@ -49,21 +68,43 @@ def _scheme(template) -> dict:
     return {"scheme": scheme} if scheme else {}
 
 
-def signature(us: list[str], lang: str, cfg: PrepareConfig) -> str:
+def signature(us: Units, lang: str, cfg: PrepareConfig) -> str:
     """MinHash of the shingles, as base64 of the little-endian hash values (small enough for a JSON line).
 
     Shingles are hashed with CRC-32 (C speed; datasketch's default SHA-1 wrapper is a Python call per shingle and
     was the largest cost on Chinese text); datasketch mixes every input hash with the MurmurHash3 finalizer before
-    its permutations, so a weak input hash is safe there.
+    its permutations, so a weak input hash is safe there. Fed in batches: ``update_batch`` builds a num_perm x
+    shingles matrix (1 KB per shingle at 128 permutations, gigabytes for one whole large document); a MinHash is a
+    minimum, so batches (and repeats across them) give the same values.
     """
     from datasketch import MinHash
 
     t = _template(cfg.num_perm, cfg.seed)
     mh = MinHash(num_perm=cfg.num_perm, seed=cfg.seed, hashfunc=zlib.crc32, permutations=t.permutations,
                  **_scheme(t))
-    mh.update_batch([s.encode("utf-8") for s in shingles(us, lang, cfg)])
+    for batch in shingle_batches(us, lang, cfg):
+        mh.update_batch([s.encode("utf-8") for s in set(batch)])
     values = mh.hashvalues.astype(mh.hashvalues.dtype.newbyteorder("<"))
     return base64.b64encode(values.tobytes()).decode("ascii")
+
+
+def signature_dtype(cfg: PrepareConfig) -> np.dtype:
+    """Little-endian dtype of the MinHash values (datasketch's scheme decides their width)."""
+    return _template(cfg.num_perm, cfg.seed).hashvalues.dtype.newbyteorder("<")
+
+
+def decode_signature(sig: str, cfg: PrepareConfig, where: str) -> np.ndarray:
+    """The hash values of a ``signature`` string; a wrong length names ``where`` (a document or a file line)."""
+    values = np.frombuffer(base64.b64decode(sig), dtype=signature_dtype(cfg))
+    if len(values) != cfg.num_perm:
+        raise ValueError(f"{where}: MinHash has {len(values)} values, expected {cfg.num_perm}")
+    return values
+
+
+def similar(count, num_perm: int, threshold: float):
+    """Whether ``count`` equal hash values out of ``num_perm`` reach ``threshold``: the float comparison
+    ``Deduplicator`` makes (numpy's mean of booleans is count / num_perm, correctly rounded like this division)."""
+    return count / num_perm >= threshold
 
 
 def band_shape(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[int, int]:
@@ -85,8 +126,9 @@ class Deduplicator:
     estimate of the Jaccard similarity (share of equal hash values) reaches ``near_dup_threshold``. Why not
     ``MinHashLSH(threshold=...)`` alone: its default bands are an S-curve centred on the threshold (at 0.85 with
     128 permutations it flags a pair of true Jaccard 0.925 only 93% of the time), and its answers are candidates,
-    not verified duplicates. Memory: the LSH tables (datasketch's in-memory storage, ~7 KB per kept document;
-    its ``storage_config`` can move them to Redis for corpora beyond one node's RAM) plus the signatures here.
+    not verified duplicates. Memory: the LSH tables (datasketch's in-memory storage) plus the signatures here, about
+    7 KB per kept document; for corpora beyond that, ``preprocessing.prepare.staged`` makes the same decisions as
+    Slurm array stages with bounded memory per task.
     """
 
     def __init__(self, cfg: PrepareConfig):
@@ -94,7 +136,7 @@ class Deduplicator:
 
         self.cfg = cfg
         t = _template(cfg.num_perm, cfg.seed)
-        self._dtype = t.hashvalues.dtype.newbyteorder("<")
+        self._dtype = signature_dtype(cfg)
         self._scheme = _scheme(t)
         self.exact: dict[str, int] = {}
         self.near = cfg.near_dup_threshold < 1  # else exact dedup only
@@ -114,9 +156,7 @@ class Deduplicator:
         if not self.near:
             self.exact[key] = ordinal
             return None
-        values = np.frombuffer(base64.b64decode(sig), dtype=self._dtype)
-        if len(values) != self.cfg.num_perm:
-            raise ValueError(f"document #{ordinal}: MinHash has {len(values)} values, expected {self.cfg.num_perm}")
+        values = decode_signature(sig, self.cfg, f"document #{ordinal}")
         minhash = LeanMinHash(seed=self.cfg.seed, hashvalues=values, **self._scheme)
         candidates = self.lsh.query(minhash)
         if candidates:

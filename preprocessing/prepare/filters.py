@@ -1,7 +1,7 @@
 """Document quality filters. Each returns the measured value; ``first_failure`` names the first filter it fails.
 
 Why these: length and letter ratio drop stubs and symbol soup; repeated lines and repeated n-grams (the Gopher
-rules of Rae et al. 2021, measured in units, see ``text.units``) drop boilerplate, navigation menus and spam;
+rules of Rae et al. 2021, measured in units, see ``text.Units``) drop boilerplate, navigation menus and spam;
 the script-ratio language check drops pages in the wrong language for their source (no model download needed);
 the medical-term score keeps a web crawl on topic (bundled term lists, ``preprocessing/resources``).
 """
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import functools
 import re
-from collections import Counter
 from importlib import resources
-from typing import Optional
+from typing import Iterator, Optional
+
+import numpy as np
 
 from preprocessing.prepare.config import PrepareConfig
-from preprocessing.prepare.text import effective_length, letter_ratio, units, zh_share
+from preprocessing.prepare.text import BLOCK, Units, effective_length, letter_ratio, zh_share
 
 FILTER_REASONS = ("too_short", "few_letters", "wrong_language", "repeated_lines", "top_ngram", "repeated_ngrams",
                   "not_medical")
@@ -33,35 +34,42 @@ def dup_line_fraction(text: str) -> float:
     return dups / len(lines)
 
 
-def _ngrams(us: list[str], n: int):
-    return zip(*(us[i:] for i in range(n)))
+def _repeated_ngram_starts(us: Units, n: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Per block of n-gram starts ``lo``: (lo, how often each n-gram occurs in the document, whether that is > 1)."""
+    grams = us.ngram_ids(n)
+    occurrences = np.bincount(grams)
+    for lo in range(0, len(grams), BLOCK):
+        counts = occurrences[grams[lo:lo + BLOCK]]
+        yield lo, counts, counts > 1
 
 
-def top_ngram_fraction(us: list[str], n: int) -> float:
+def top_ngram_fraction(us: Units, n: int) -> float:
     """max over repeated n-grams of (occurrences x its characters) / characters of all units (capped at 1).
 
     An n-gram seen once is no repetition, so it scores 0 (a long English term in Chinese text is not spam).
     """
-    total = sum(map(len, us))
+    total = us.chars()
     if len(us) < n or not total:
         return 0.0
-    best = max((count * sum(map(len, gram)) for gram, count in Counter(_ngrams(us, n)).items() if count > 1),
-               default=0)
+    ends = us.char_ends()
+    best = 0
+    for lo, counts, repeated in _repeated_ngram_starts(us, n):
+        gram_chars = ends[lo + n:lo + n + len(counts)] - ends[lo:lo + len(counts)]
+        best = max(best, int((counts[repeated] * gram_chars[repeated]).max(initial=0)))
     return min(1.0, best / total)
 
 
-def dup_ngram_fraction(us: list[str], n: int) -> float:
+def dup_ngram_fraction(us: Units, n: int) -> float:
     """Characters of the units covered by an n-gram that occurs more than once / characters of all units."""
-    total = sum(map(len, us))
+    total = us.chars()
     if len(us) < n or not total:
         return 0.0
-    grams = list(_ngrams(us, n))
-    counts = Counter(grams)
-    covered = bytearray(len(us))
-    for i, gram in enumerate(grams):
-        if counts[gram] > 1:
-            covered[i:i + n] = b"\x01" * n
-    return sum(len(u) for u, c in zip(us, covered) if c) / total
+    covered = np.zeros(len(us), dtype=bool)
+    for lo, _, repeated in _repeated_ngram_starts(us, n):
+        for k in range(n):  # unit j is covered when a repeated n-gram starts at one of j-n+1 .. j
+            covered[lo + k:lo + k + len(repeated)] |= repeated
+    chars = sum(int(us.lengths(lo, lo + BLOCK)[covered[lo:lo + BLOCK]].sum()) for lo in range(0, len(us), BLOCK))
+    return chars / total
 
 
 def _load_terms(name: str) -> list[str]:
@@ -85,13 +93,13 @@ def medical_hits(text: str) -> int:
     return len(zh.findall(text)) + len(en.findall(text))
 
 
-def medical_score(text: str, us: Optional[list[str]] = None) -> float:
-    """Medical term hits per 1000 units (CJK characters and words, ``text.units``): comparable across zh and en."""
-    n = len(units(text) if us is None else us)
+def medical_score(text: str, us: Optional[Units] = None) -> float:
+    """Medical term hits per 1000 units (CJK characters and words, ``text.Units``): comparable across zh and en."""
+    n = len(Units(text) if us is None else us)
     return 1000.0 * medical_hits(text) / n if n else 0.0
 
 
-def first_failure(text: str, lang: str, cfg: PrepareConfig, us: Optional[list[str]] = None
+def first_failure(text: str, lang: str, cfg: PrepareConfig, us: Optional[Units] = None
                   ) -> Optional[tuple[str, float]]:
     """``(reason, measured value)`` of the first filter the cleaned ``text`` fails, or None when it passes.
 
@@ -112,7 +120,7 @@ def first_failure(text: str, lang: str, cfg: PrepareConfig, us: Optional[list[st
         frac = dup_line_fraction(text)
         if frac > cfg.max_dup_line_fraction:
             return "repeated_lines", frac
-    us = units(text) if us is None else us
+    us = Units(text) if us is None else us
     if cfg.max_top_ngram_fraction < 1:
         frac = top_ngram_fraction(us, cfg.top_ngram_chars if lang == "zh" else cfg.top_ngram_words)
         if frac > cfg.max_top_ngram_fraction:

@@ -12,9 +12,9 @@ cache), ``client`` (HTTP), ``job`` (the ordered job and the shard merge).
 """
 from preprocessing.rewrite.cache import Cache, request_key
 from preprocessing.rewrite.config import (API_KEY_ENVS, BudgetExhausted, JobIncomplete, RewriteConfig, RewriteError,
-                                          api_key_from_env)
+                                          TooManyFailures, api_key_from_env)
 from preprocessing.rewrite.job import Outputs, merge_shards, rewrite_file
 from preprocessing.rewrite.prompts import load_prompts
 
 __all__ = ["API_KEY_ENVS", "BudgetExhausted", "Cache", "JobIncomplete", "Outputs", "RewriteConfig", "RewriteError",
-           "api_key_from_env", "load_prompts", "merge_shards", "request_key", "rewrite_file"]
+           "TooManyFailures", "api_key_from_env", "load_prompts", "merge_shards", "request_key", "rewrite_file"]

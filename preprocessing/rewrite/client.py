@@ -9,11 +9,16 @@ Why several ``httpx.AsyncClient`` pools of ``POOL_SIZE`` connections instead of 
 scans all its connections for every request state change (quadratic in the pool size); with one pool of 64
 connections that scan cost ~9 ms of CPU per request in our profile, with pools of 4 about 1.3 ms (bench/RESULTS.md).
 A request goes to the least busy pool, so a free connection is always there for the semaphore's holder.
+Why a deadline and a byte cap of our own: httpx's timeouts bound each network read, so a server that sends one
+byte every half second never times out; and ``post`` reads a whole body into memory, so a 600 MB reply costs
+gigabytes. Each attempt (connect, send, headers, whole body) has ``timeout`` seconds in total, and the body is
+streamed and abandoned (connection closed, nothing cached) past ``max_response_bytes``.
 """
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import random
 import time
@@ -34,6 +39,31 @@ FATAL_STATUS = (401, 403, 404)  # a wrong key, URL or model: every request would
 
 class RequestRejected(Exception):
     """The server refused this one request for good (400, 413, 422 ...): the document becomes a reject."""
+
+    reason = "request_rejected"
+
+
+class ResponseTooLarge(RequestRejected):
+    """The reply passed ``max_response_bytes``: not read further, not cached, not retried (it would be paid again)."""
+
+    reason = "response_too_large"
+
+
+class _DeadlineExceeded(Exception):
+    """One attempt took longer than ``timeout`` seconds in total."""
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """Status, headers and the (capped) body of one answered attempt."""
+
+    status_code: int
+    headers: httpx.Headers
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
 
 
 @dataclass
@@ -112,13 +142,29 @@ class ChatClient:
         for pool in self._pools:
             await pool.aclose()
 
-    async def _post(self, body: dict) -> httpx.Response:
+    async def _post(self, body: dict) -> _Reply:
+        """One attempt, within ``timeout`` seconds from connecting to the last byte of the body."""
         i = min(range(len(self._busy)), key=self._busy.__getitem__)
         self._busy[i] += 1
         try:
-            return await self._pools[i].post("chat/completions", json=body)
+            return await asyncio.wait_for(self._exchange(self._pools[i], body), self.cfg.timeout)
+        except asyncio.TimeoutError:  # the exchange was cancelled: its response and connection are closed
+            raise _DeadlineExceeded() from None
         finally:
             self._busy[i] -= 1
+
+    async def _exchange(self, pool: httpx.AsyncClient, body: dict) -> _Reply:
+        cap = self.cfg.max_response_bytes
+        async with pool.stream("POST", "chat/completions", json=body) as resp:
+            declared = resp.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > cap:
+                raise ResponseTooLarge(f"reply of {int(declared)} bytes announced, over --max-response-bytes {cap}")
+            data = bytearray()
+            async for chunk in resp.aiter_bytes():  # decoded bytes: a compressed reply is capped after inflating
+                data += chunk
+                if len(data) > cap:
+                    raise ResponseTooLarge(f"reply over --max-response-bytes {cap}: stopped reading")
+            return _Reply(resp.status_code, resp.headers, bytes(data))
 
     def stop(self, reason: BaseException) -> None:
         """Send no new request from now on (budget spent or fatal error); requests already sent still finish."""
@@ -167,9 +213,12 @@ class ChatClient:
             async with self._sem:
                 try:
                     resp = await self._post(body)
-                except httpx.TimeoutException:
+                except ResponseTooLarge as exc:
+                    log.warning("request %s: %s (the document becomes a reject)", key[:12], exc)
+                    raise
+                except (_DeadlineExceeded, httpx.TimeoutException):
                     reason = "timeout"
-                except httpx.TransportError as exc:
+                except httpx.RequestError as exc:  # connection, protocol or body-decoding errors
                     reason = f"connection error ({type(exc).__name__})"
                 else:
                     if resp.status_code == 200:
@@ -199,10 +248,10 @@ class ChatClient:
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _parse(resp: httpx.Response) -> Optional[CachedReply]:
+    def _parse(resp: _Reply) -> Optional[CachedReply]:
         """The reply of a 200 answer, or None when its body is not a chat completion (then it is retried)."""
         try:
-            data = resp.json()
+            data = json.loads(resp.body)
             content = data["choices"][0]["message"]["content"]
             usage = data.get("usage") or {}
             if not isinstance(content, str):

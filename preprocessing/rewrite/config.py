@@ -21,6 +21,17 @@ class JobIncomplete(RewriteError):
     """Requests still failing after every retry, or a fatal HTTP answer (401/403/404). Exit 4; a rerun continues."""
 
 
+class TooManyFailures(RewriteError):
+    """The share of documents without a pair passed ``max_failure_rate`` (by default: every document failed).
+
+    The outputs are written (``rejects.jsonl`` says why each failed) and ``summary`` is the job summary. Exit 5.
+    """
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
+
+
 @dataclass
 class RewriteConfig:
     """Everything that shapes the requests (and so the cache key) plus how hard to push the server.
@@ -49,8 +60,13 @@ class RewriteConfig:
     retries: int = 6  # HTTP-level retries per request (429, 5xx, timeouts, connection errors, malformed JSON)
     backoff: float = 1.0  # seconds before the 1st retry, doubled each retry, with jitter
     max_backoff: float = 60.0
-    timeout: float = 120.0
+    timeout: float = 120.0  # seconds per attempt in total: connect, send, and the whole reply
+    max_response_bytes: int = 2 << 20  # a longer reply is abandoned (a reject, never cached); normal: a few KB
     max_requests: Optional[int] = None  # budget of paid (uncached) requests for one run
+    # the job fails (exit 5, outputs written) when more than this share of its documents got no pair;
+    # None: only when every document failed
+    max_failure_rate: Optional[float] = None
+    allow_empty: bool = False  # an input without documents is an error unless set
     # cost estimate (any currency unit), per 1000 tokens
     price_per_1k_prompt: Optional[float] = None
     price_per_1k_completion: Optional[float] = None
@@ -74,6 +90,10 @@ class RewriteConfig:
             raise RewriteError("retries and backoff must be >= 0 and timeout > 0")
         if self.max_requests is not None and self.max_requests < 0:
             raise RewriteError(f"max_requests must be >= 0, got {self.max_requests}")
+        if self.max_response_bytes < 1:
+            raise RewriteError(f"max_response_bytes must be >= 1, got {self.max_response_bytes}")
+        if self.max_failure_rate is not None and not 0 <= self.max_failure_rate <= 1:
+            raise RewriteError(f"max_failure_rate must be between 0 and 1, got {self.max_failure_rate}")
 
 
 def api_key_from_env() -> Optional[str]:

@@ -21,10 +21,11 @@ from preprocessing.rewrite.cache import Cache
 from preprocessing.rewrite.checks import check_output
 from preprocessing.rewrite.client import ChatClient, RequestRejected, Usage
 from preprocessing.rewrite.config import (BudgetExhausted, JobIncomplete, RewriteConfig, RewriteError,
-                                          api_key_from_env)
+                                          TooManyFailures, api_key_from_env)
 from preprocessing.rewrite.prompts import PromptSet, load_prompts, render
-from megatron_huatuo.atomic import AtomicFiles
-from preprocessing.sharding import Shard, ShardError, merge_counts, merge_jsonl, shard_path
+from megatron_huatuo.atomic import AtomicFiles, single_writer
+from preprocessing.sharding import (Shard, ShardError, merge_counts, merge_jsonl, merge_targets, shard_path,
+                                    writer_target)
 
 log = logging.getLogger("preprocessing.rewrite")
 
@@ -85,6 +86,8 @@ def validate_documents(path: Path, cfg: RewriteConfig, prompts: PromptSet) -> in
             raise RewriteError(f"{path}:{lineno}: no {prompts.version} prompts for target language {lang!r} "
                                f"(have {', '.join(prompts.languages)}; see --target-lang)")
         n += 1
+    if n == 0 and not cfg.allow_empty:
+        raise RewriteError(f"{path}: no documents (an empty input is an error; --allow-empty accepts it)")
     return n
 
 
@@ -126,7 +129,7 @@ async def rewrite_document(client: ChatClient, prompts: PromptSet, cfg: RewriteC
             return "reject", {**where, "step": step, "reason": reasons[-1], "tries": reasons,
                               "output": last[:OUTPUT_CHARS_IN_REJECTS], "question": question}
     except RequestRejected as exc:
-        return "reject", {**where, "step": step, "reason": "request_rejected", "tries": [],
+        return "reject", {**where, "step": step, "reason": exc.reason, "tries": [],
                           "output": client.redact(str(exc))[:OUTPUT_CHARS_IN_REJECTS]}
     return "pair", {"question": question, "answer": answer, "kind": doc["kind"], "lang": lang, "doc_id": doc["id"],
                     "chunk_id": doc.get("chunk_id", 0), "source": doc["source"], "model": cfg.model,
@@ -252,16 +255,37 @@ async def _run(docs_path: Path, outputs: Outputs, cfg: RewriteConfig, prompts: P
                               "completion": stats.paid_usage.completion_tokens}}
     summary = finish_summary(_settings(cfg, prompts), counts)
     _write_json(outputs.summary, summary)
+    check_failure_rate(summary, cfg.max_failure_rate)
     return summary
 
 
+def check_failure_rate(summary: dict, max_failure_rate: Optional[float]) -> None:
+    """Raise :class:`TooManyFailures` when more than ``max_failure_rate`` of the documents got no pair (``None``:
+    when all of them failed), with the counts and the most frequent reasons in one line.
+
+    Why: a run whose every request was refused (a wrong model name answered with HTTP 400, a prompt the server
+    rejects) or whose every output was rejected used to exit 0 with an empty ``pairs.jsonl``.
+    """
+    counts = summary["counts"]
+    documents, pairs = counts["documents"], counts["pairs"]
+    failed = documents - pairs
+    if not documents or (failed < documents if max_failure_rate is None else failed / documents <= max_failure_rate):
+        return
+    top = sorted(counts["rejects"].items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    limit = "every document failed" if max_failure_rate is None else f"over --max-failure-rate {max_failure_rate}"
+    raise TooManyFailures(f"{failed} of {documents} documents got no pair ({limit}); most frequent reasons: "
+                          f"{', '.join(f'{reason} x{n}' for reason, n in top)}; see rejects.jsonl", summary)
+
+
+@single_writer(lambda a: writer_target(a["out_dir"], a["shard"]))
 def rewrite_file(docs_path: str | Path, out_dir: str | Path, cfg: RewriteConfig, cache_dir: str | Path | None = None,
                  shard: Shard = Shard()) -> dict:
     """Rewrite the documents ``shard`` owns; returns the summary (also written to ``summary.json``).
 
     The API key is read from the environment only (``HUATUO_REWRITE_API_KEY``, else ``OPENAI_API_KEY``). Raises
     :class:`RewriteError` for bad input (nothing sent), :class:`BudgetExhausted` / :class:`JobIncomplete` when the
-    run stopped early (no output written; rerun to continue from the cache).
+    run stopped early (no output written; rerun to continue from the cache), :class:`TooManyFailures` when too many
+    documents got no pair (outputs written).
     """
     cfg.validate()
     docs_path = Path(docs_path)
@@ -271,6 +295,7 @@ def rewrite_file(docs_path: str | Path, out_dir: str | Path, cfg: RewriteConfig,
     return asyncio.run(_run(docs_path, Outputs.of(out_dir, shard), cfg, prompts, cache, shard, api_key_from_env()))
 
 
+@single_writer(lambda a: merge_targets(a["out_dir"], a["count"]))
 def merge_shards(out_dir: str | Path, count: int) -> dict:
     """Merge ``count`` shard outputs of ``out_dir`` into its ``pairs.jsonl``, ``rejects.jsonl``, ``summary.json``."""
     out = Path(out_dir)

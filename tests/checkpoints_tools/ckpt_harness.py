@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 from megatron_huatuo.models.registry import get_arch
+from megatron_huatuo.training.manifest import write_manifest
 from huatuo_testing import llama_config
 
 
@@ -74,6 +75,7 @@ def save_training_style(root: str, arch_name: str, iteration: int, tokens: torch
     dist_checkpointing.save({"model": model.sharded_state_dict(), "iteration": iteration,
                              "consumed_samples": 8}, str(target))
     dist.barrier()
+    write_manifest(target, distributed=True)
     if dist.get_rank() == 0:
         (Path(root) / "latest_checkpointed_iteration.txt").write_text(f"{iteration}\n")
     positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
@@ -130,6 +132,7 @@ def save_pp2_vpp2(root: str, arch_name: str, iteration: int) -> dict:
     dist.barrier()
     dist_checkpointing.save({**model_state(chunks), "iteration": iteration}, str(target))
     dist.barrier()
+    write_manifest(target, distributed=True)
     if dist.get_rank() == 0:
         (Path(root) / "latest_checkpointed_iteration.txt").write_text(f"{iteration}\n")
     out = {}
@@ -201,5 +204,128 @@ def reshard_through(import_dir: str, root: str, arch_name: str, tensor_parallel:
     dist.barrier()
     dist_checkpointing.save(model_state(chunks), str(target))
     dist.barrier()
+    write_manifest(target, distributed=True)
     if dist.get_rank() == 0:
         (Path(root) / MARKER).write_text("1\n")
+
+
+# -- bring your own model: tiny transformers models of each supported model_type ---------------------------------
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def byom_models() -> dict:
+    """name -> (transformers class name, config kwargs): the shapes the bring-your-own-model tests import.
+
+    llama: GQA 8/2, llama3 rope scaling, tied embeddings, 5 layers (an uneven 3 + 2 split at PP=2);
+    mistral: GQA 4/2, no sliding window, head_dim 24 != hidden/heads (megatron-core's kv_channels);
+    qwen2: q/k/v biases, GQA 4/2, 3 layers (2 + 1 at PP=2)."""
+    common = dict(vocab_size=256, intermediate_size=96, rms_norm_eps=1e-5)
+    return {
+        "llama": ("LlamaForCausalLM", dict(common, hidden_size=64, num_hidden_layers=5, num_attention_heads=8,
+                                           num_key_value_heads=2, max_position_embeddings=16384,
+                                           tie_word_embeddings=True, rope_parameters=dict(LLAMA3_ROPE))),
+        "mistral": ("MistralForCausalLM", dict(common, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                               num_key_value_heads=2, head_dim=24, sliding_window=None,
+                                               max_position_embeddings=512)),
+        "qwen2": ("Qwen2ForCausalLM", dict(common, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                           num_key_value_heads=2, max_position_embeddings=512,
+                                           rope_parameters={"rope_type": "default", "rope_theta": 1e6})),
+    }
+
+
+def byom_hf_model(name: str, seed: int = 0):
+    """A random fp32 transformers model of ``byom_models()[name]``, norms and biases away from their init so a
+    swapped or dropped mapping shows in the logits."""
+    import transformers
+
+    cls_name, kwargs = byom_models()[name]
+    cls = getattr(transformers, cls_name)
+    torch.manual_seed(seed)
+    model = cls(cls.config_class(**kwargs)).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "norm" in pname:
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif pname.endswith(".bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+    return model
+
+
+def _layout_logits(ckpt_dirs, tokens, tensor_parallel, pipeline_parallel, first_stage_layers):
+    """Every import of ``ckpt_dirs`` (arch read from what it recorded) loaded by the trainer's loader at one
+    layout; full-vocabulary logits from the last pipeline stage (None on other stages). ``first_stage_layers``: one
+    value per directory (None: even split)."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_huatuo.models.hf_config import recorded_arch
+    from megatron_huatuo.models.provider import build_model_chunks, transformer_config
+    from megatron_huatuo.runtime import initialize
+    from megatron_huatuo.training.checkpointing import load_pretrained
+
+    initialize(tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel)
+    out = []
+    positions = torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
+    for ckpt_dir, first in zip(ckpt_dirs, first_stage_layers):
+        arch = recorded_arch(ckpt_dir)
+        config = transformer_config(arch, tensor_parallel=tensor_parallel, pipeline_parallel=pipeline_parallel,
+                                    num_layers_in_first_pipeline_stage=first)
+        chunks = build_model_chunks(arch, config, parallel_output=False)
+        load_pretrained(ckpt_dir, chunks)
+        for chunk in chunks:
+            chunk.eval()
+
+        def forward_step(_iterator, model):
+            return model(tokens, positions, None), lambda output, non_loss_data=True: output.detach().clone()
+
+        with torch.no_grad():
+            got = get_forward_backward_func()(
+                forward_step_func=forward_step, data_iterator=iter([None]), model=chunks[0], num_microbatches=1,
+                seq_length=tokens.shape[1], micro_batch_size=tokens.shape[0], forward_only=True,
+                collect_non_loss_data=True)
+        out.append(got[0] if got else None)
+    return out
+
+
+def byom_import_tp1_export(jobs, tokens):
+    """Run in one spawned rank, for each (hf, import dir, export dir) of ``jobs``: ``import_hf(hf, None, ...)`` (no
+    --arch: config.json decides), ``export(import dir, None, ...)`` (the arch the import recorded); returns the TP1
+    logits of each import."""
+    import os
+
+    from checkpoints_tools import convert
+    from megatron_huatuo.runtime.distributed import free_port
+
+    for hf, imported, _ in jobs:
+        os.environ["MASTER_PORT"] = str(free_port())  # each conversion creates and destroys its own process group
+        convert.import_hf(hf, None, imported)
+    for _, imported, exported in jobs:
+        os.environ["MASTER_PORT"] = str(free_port())
+        convert.export(imported, None, exported)
+    os.environ["MASTER_PORT"] = str(free_port())
+    return _layout_logits([imported for _, imported, _ in jobs], tokens, 1, 1, [None] * len(jobs))
+
+
+def byom_parallel_and_train(ckpt_dirs, tokens, first_stage_layers, trainings):
+    """Run in each of 2 ranks: logits of every import at TP=2 and at PP=2 with an uneven first stage, then the
+    trainer (``training.loop.train``) for each recipe override list of ``trainings``; returns (tp2, pp2, this
+    rank's losses per training)."""
+    import os
+
+    import torch.distributed as dist
+
+    from megatron_huatuo.config.recipe import load_recipe
+    from megatron_huatuo.runtime import destroy
+    from megatron_huatuo.runtime.distributed import free_port
+    from megatron_huatuo.training.loop import train
+
+    tp2 = _layout_logits(ckpt_dirs, tokens, 2, 1, [None] * len(ckpt_dirs))
+    pp2 = _layout_logits(ckpt_dirs, tokens, 1, 2, first_stage_layers)
+    ports = [free_port() for _ in trainings] if dist.get_rank() == 0 else [None] * len(trainings)
+    dist.broadcast_object_list(ports, src=0)  # each train() makes and destroys its own process group
+    destroy()
+    losses = []
+    for port, overrides in zip(ports, trainings):
+        os.environ["MASTER_PORT"] = str(port)
+        losses.append(train(load_recipe(None, overrides, world_size=2), log=lambda _msg: None).losses)
+    return tp2, pp2, losses

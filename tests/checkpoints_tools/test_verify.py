@@ -95,3 +95,62 @@ def test_verify_tiny_yi(tmp_path):
     assert ok.returncode == 0, ok.stderr[-3000:]
     diff, agree, positions = figures(ok.stdout)
     assert diff < 1e-4 and agree == 1.0 and positions == 13
+
+
+def test_verify_tiny_baichuan2_13b_with_flex_attention(tmp_path):
+    """ALiBi (6 heads: interleaved slopes) in Baichuan's format: imported, then our forward with
+    ``--attention-backend flex`` (FlexAttention's ALiBi score_mod, forward-only on CPU) against an independent
+    forward of Baichuan's architecture (test stand-in for its remote code, slope * key-position form)."""
+    import shutil
+    from pathlib import Path
+
+    import torch
+
+    from checkpoints_tools.mapping.baichuan2 import hf_config
+    from megatron_huatuo.models.registry import get_arch
+
+    arch = get_arch("tiny-baichuan2-13b")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps(hf_config(arch)))
+    for name in ("configuration_baichuan.py", "modeling_baichuan.py"):
+        shutil.copy(Path(__file__).parent / "baichuan_alibi_remote" / name, hf / name)
+    g = torch.Generator().manual_seed(3)
+    h, f, v = arch.hidden_size, arch.ffn_hidden_size, arch.vocab_size
+    tensors = {"model.embed_tokens.weight": torch.randn(v, h, generator=g),
+               "model.norm.weight": 1 + 0.1 * torch.randn(h, generator=g), "lm_head.weight": torch.randn(v, h, generator=g)}
+    for i in range(arch.num_layers):
+        p = f"model.layers.{i}."
+        for name, shape in (("self_attn.W_pack", (3 * h, h)), ("self_attn.o_proj", (h, h)), ("mlp.gate_proj", (f, h)),
+                            ("mlp.up_proj", (f, h)), ("mlp.down_proj", (h, f))):
+            tensors[p + name + ".weight"] = 0.1 * torch.randn(*shape, generator=g)
+        for name in ("input_layernorm", "post_attention_layernorm"):
+            tensors[p + name + ".weight"] = 1 + 0.1 * torch.randn(h, generator=g)
+    save_file(tensors, str(hf / "model.safetensors"))
+    imp = cli("import", "--hf", str(hf), "--arch", arch.name, "--out", str(tmp_path / "mc"))
+    assert imp.returncode == 0, imp.stderr[-3000:]
+    ok = cli("verify", "--ckpt", str(tmp_path / "mc"), "--hf", str(hf), "--arch", arch.name, "--tol", "1e-4",
+             "--attention-backend", "flex", "--trust-remote-code", "--tokens", *map(str, range(5, 500, 23)))
+    assert ok.returncode == 0, ok.stderr[-3000:] + ok.stdout[-2000:]
+    diff, agree, positions = figures(ok.stdout)
+    assert diff < 1e-4 and agree == 1.0 and positions == 22
+
+
+def test_baichuan_remote_code_needs_what_its_modeling_file_imports(tmp_path):
+    """transformers refuses a remote-code directory that lacks a module its modeling file imports relatively (also
+    inside a function, as Baichuan2's ``quantize`` does); without a modeling file the released set is named."""
+    from checkpoints_tools.verify import _hf_kind
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "baichuan"}))
+    with pytest.raises(ValueError, match="lacks configuration_baichuan.py, modeling_baichuan.py, generation_utils.py"):
+        _hf_kind(tmp_path)
+    (tmp_path / "configuration_baichuan.py").write_text("from transformers import PretrainedConfig\n")
+    (tmp_path / "modeling_baichuan.py").write_text(
+        "from .configuration_baichuan import BaichuanConfig\n\ndef quantize(self):\n"
+        "    from .quantizer_int4 import quantize_offline\n")
+    with pytest.raises(ValueError, match=r"lacks quantizer_int4\.py \("):
+        _hf_kind(tmp_path)
+    (tmp_path / "quantizer_int4.py").write_text("")
+    with pytest.raises(ValueError, match="--trust-remote-code"):
+        _hf_kind(tmp_path)
+    assert _hf_kind(tmp_path, trust_remote_code=True) == "baichuan"

@@ -44,11 +44,17 @@ def test_second_run_reuses_everything(tmp_path):
     assert any("reused" in line for line in logs)
 
 
-def test_changed_input_reruns_stage_and_dependants_only_when_content_changes(tmp_path):
+def ran_once(tmp_path):
+    """The pipeline run once on "hello": (its input file, the list of calls)."""
     src = tmp_path / "input.txt"
     src.write_text("hello")
     calls = []
     Runner(tmp_path / "state").run(make_pipeline(tmp_path, calls))
+    return src, calls
+
+
+def test_changed_input_reruns_stage_and_dependants_only_when_content_changes(tmp_path):
+    src, calls = ran_once(tmp_path)
     src.write_text("world")
     Runner(tmp_path / "state").run(make_pipeline(tmp_path, calls))
     assert calls == ["a", "b", "a", "b"]
@@ -110,3 +116,28 @@ def test_missing_component_skips_dependants_only(tmp_path):
     assert [r.status for r in results] == ["missing", "skipped", "ran"]
     assert calls == ["free"]
     assert "python -m nothing" in results[0].result["reason"]
+
+
+def test_damaged_output_reruns_its_stage_and_the_next_one_is_reused(tmp_path):
+    """A stage's output truncated after it finished (a .bin cut short) is rebuilt, not passed on as "unchanged";
+    the rebuilt bytes are the same, so the stage after it is still reused (its checkpoints are not thrown away)."""
+    _, calls = ran_once(tmp_path)
+    logs = []
+    (tmp_path / "a" / "upper.txt").write_text("HEL")  # truncated
+    results = Runner(tmp_path / "state", log=logs.append).run(make_pipeline(tmp_path, calls))
+    assert [r.status for r in results] == ["ran", "reused"] and calls == ["a", "b", "a"]
+    assert (tmp_path / "a" / "upper.txt").read_text() == "HELLO"
+    assert any("outputs changed since it finished" in line for line in logs)
+
+
+def test_finished_outputs_survive_until_their_replacement_is_complete(tmp_path):
+    src, calls = ran_once(tmp_path)
+    good = (tmp_path / "b" / "result.txt").read_text()
+    src.write_text("world")  # b must run again, and this time it fails half-way
+    with pytest.raises(RuntimeError, match="boom"):
+        Runner(tmp_path / "state").run(make_pipeline(tmp_path, calls, fail_second=True))
+    kept = tmp_path / ".b.previous" / "result.txt"
+    assert kept.read_text() == good  # the finished output was moved aside, not deleted
+    Runner(tmp_path / "state").run(make_pipeline(tmp_path, calls))  # the replacement completes ...
+    assert (tmp_path / "b" / "result.txt").read_text() == "WORLD!"
+    assert not (tmp_path / ".b.previous").exists()  # ... and only then is the old one deleted

@@ -1,65 +1,13 @@
-"""Reading the common benchmark shapes, prompt building, answer extraction and the Wilson interval."""
+"""Prompt building (exact strings) and the Wilson interval."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from megatron_huatuo.eval.extract import extract_answer
 from megatron_huatuo.eval.prompts import build_prompt, continuation
-from megatron_huatuo.eval.questions import MCQuestion, QuestionFormatError, load_questions
+from megatron_huatuo.eval.questions import MCQuestion
 from megatron_huatuo.eval.stats import wilson_interval
-from tests.eval.conftest import write_jsonl
-
-
-def test_field_variants(tmp_path):
-    rows = [
-        {"question": "MedQA q", "options": {"A": "x", "B": "y", "C": "z"}, "answer": "z", "answer_idx": "C"},
-        {"question": "MedQA text answer", "options": {"A": "x", "B": "y"}, "answer": "y"},
-        {"Question": "CMExam 题", "Options": "A 甲\nB 乙\nC 丙", "Answer": "B"},
-        {"question": "CMB 题", "option": {"A": "一", "B": "二", "C": "三", "D": ""}, "answer": "AC",
-         "question_type": "多项选择题"},
-        {"Question": "CMMLU 题", "A": "a", "B": "b", "C": "c", "D": "d", "Answer": "D"},
-        {"question": "MMLU", "choices": ["p", "q", "r"], "answer": 1},
-        {"id": "own-1", "question": "ours", "options": ["u", "v"], "answer": "b"},
-    ]
-    qs = load_questions(write_jsonl(tmp_path / "mix.jsonl", rows))
-    assert [q.answer for q in qs] == ["C", "B", "B", "AC", "D", "B", "B"]
-    assert qs[2].options == {"A": "甲", "B": "乙", "C": "丙"}
-    assert list(qs[3].options) == ["A", "B", "C"]  # the empty option D is dropped
-    assert qs[3].is_multi and qs[3].meta["question_type"] == "多项选择题"
-    assert qs[0].qid == "mix-1" and qs[6].qid == "own-1"
-
-
-def test_medmcqa_cop_base_inferred_per_file(tmp_path):
-    base = {"question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d"}
-    one_based = load_questions(write_jsonl(tmp_path / "orig.jsonl", [{**base, "cop": 1}, {**base, "cop": 4}]))
-    assert [q.answer for q in one_based] == ["A", "D"]
-    zero_based = load_questions(write_jsonl(tmp_path / "hf.jsonl", [{**base, "cop": 0}, {**base, "cop": 3}]))
-    assert [q.answer for q in zero_based] == ["A", "D"]
-
-
-@pytest.mark.parametrize(
-    "row, message",
-    [
-        ({"options": {"A": "x", "B": "y"}, "answer": "A"}, "no question text"),
-        ({"question": "q", "options": {"A": "x"}, "answer": "A"}, "fewer than two"),
-        ({"question": "q", "options": {"A": "x", "B": "y"}, "answer": "E"}, "no answer letter"),
-        ({"question": "q", "options": {"1": "x", "B": "y"}, "answer": "B"}, "option keys must be letters"),
-    ],
-)
-def test_bad_lines_name_file_and_line(tmp_path, row, message):
-    good = {"question": "q", "options": {"A": "x", "B": "y"}, "answer": "A"}
-    path = write_jsonl(tmp_path / "bad.jsonl", [good, row])
-    with pytest.raises(QuestionFormatError, match=rf"bad.jsonl:2: .*{message}"):
-        load_questions(path)
-
-
-def test_invalid_json_line(tmp_path):
-    path = tmp_path / "broken.jsonl"
-    path.write_text('{"question": "q", "options": ["a", "b"], "answer": "A"}\n{not json\n', encoding="utf-8")
-    with pytest.raises(QuestionFormatError, match="broken.jsonl:2: invalid JSON"):
-        load_questions(path)
 
 
 Q_ZH = MCQuestion("z1", "哪项是降糖药？", {"A": "二甲双胍", "B": "阿莫西林"}, "A")
@@ -97,19 +45,6 @@ def test_huatuo_template_prompt_exact():
     assert continuation(Q_EN, "A", template="huatuo") == "A"
 
 
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("答案：B", "B"), ("答案是 C。其他选项A不对", "C"), ("我认为应该选A和C", "AC"), ("(D) 二甲双胍", "D"),
-        ("B. 青霉素", "B"), ("首选胰岛素治疗", "C"), ("The answer is (C).", "C"), ("Answer: A, C", "AC"),
-        ("A", "A"), ("无法判断", ""), ("根据指南，D 项正确", "D"), ("answer is a guess", ""),
-    ],
-)
-def test_extract_answer(text, expected):
-    options = {"A": "阿司匹林", "B": "青霉素", "C": "胰岛素", "D": "二甲双胍"}
-    assert extract_answer(text, options) == expected
-
-
 def test_wilson_interval_known_values():
     # Hand computation from the Wilson formula with z = 1.959964.
     z = 1.959963984540054
@@ -128,14 +63,13 @@ def test_wilson_interval_known_values():
         wilson_interval(3, 2)
 
 
-def test_csv_cmmlu_and_cmexam_shapes(tmp_path):
-    cmmlu = tmp_path / "cmmlu_anatomy.csv"
-    cmmlu.write_text("\ufeff,Question,A,B,C,D,Answer\n0,心脏有几个腔？,2,3,4,5,C\n1,\"含逗号, 的题\",a,b,c,d,A\n",
-                     encoding="utf-8")
-    qs = load_questions(cmmlu)
-    assert [(q.qid, q.answer) for q in qs] == [("cmmlu_anatomy-1", "C"), ("cmmlu_anatomy-2", "A")]
-    assert qs[1].question == "含逗号, 的题"
-    cmexam = tmp_path / "cmexam.csv"
-    cmexam.write_text('Question,Options,Answer\n哪些是症状,"A 发热\nB 石头\nC 咳嗽",AC\n', encoding="utf-8")
-    q = load_questions(cmexam)[0]
-    assert q.options == {"A": "发热", "B": "石头", "C": "咳嗽"} and q.answer == "AC"
+def test_context_is_shown_before_the_question():
+    q = MCQuestion("p1", "Does walking lower heart rate?", {"A": "yes", "B": "no", "C": "maybe"}, "A",
+                   context="We followed 40 adults.")
+    assert build_prompt(q) == (
+        "The following are multiple choice questions about medicine. Choose the correct answer.\n\n"
+        "Context: We followed 40 adults.\nQuestion: Does walking lower heart rate?\nA. yes\nB. no\nC. maybe\n"
+        "Answer:"
+    )
+    zh = MCQuestion("p2", "是否有效？", {"A": "是", "B": "否"}, "A", context="研究纳入40人。")
+    assert build_prompt(zh, template="huatuo") == "<问>：背景：研究纳入40人。\n问题：是否有效？\nA. 是\nB. 否\n<答>："

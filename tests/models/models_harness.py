@@ -307,7 +307,7 @@ def gpu_checks(families: List[str]) -> dict:
         with torch.no_grad():
             result["local"] = local(tokens, positions, None).float().cpu()
         if out["have_te"]:
-            te = build_model(arch, config, transformer_impl="transformer_engine")
+            te = build_model(arch, config, transformer_impl="transformer_engine", attention_backend="te")
             te_params = dict(te.named_parameters())
             with torch.no_grad():
                 for pname, param in local.named_parameters():
@@ -318,7 +318,7 @@ def gpu_checks(families: List[str]) -> dict:
                     te_params[key].copy_(param)
                 result["te"] = te(tokens, positions, None).float().cpu()
             fp8_config = transformer_config(arch, precision="bf16", fp8="hybrid")
-            fp8 = build_model(arch, fp8_config, transformer_impl="transformer_engine")
+            fp8 = build_model(arch, fp8_config, transformer_impl="transformer_engine", attention_backend="te")
             fp8.load_state_dict(te.state_dict(), strict=False)
             from megatron.core.fp8_utils import get_fp8_context
 
@@ -339,3 +339,153 @@ def fail_on_rank_one(seconds_to_hang: float = 0.0) -> int:
     if not seconds_to_hang and rank == 1:
         raise ValueError("rank one says no")
     return rank
+
+
+# (tensor_parallel, sequence_parallel, recompute) of the attention-backend checks
+BACKEND_LAYOUTS = [(1, False, "none"), (2, True, "selective")]
+
+
+def backend_segments(batch: int, seq: int) -> torch.Tensor:
+    """Packed rows for the backend checks: three documents, then (second row) trailing padding (segment -1)."""
+    segment_ids = torch.zeros(batch, seq, dtype=torch.long)
+    segment_ids[:, 5:] = 1
+    segment_ids[:, 12:] = 2
+    segment_ids[-1, seq - 4:] = -1
+    return segment_ids
+
+
+def backend_checks(arch_names: list, backends: List[str], seed: int = 1234,
+                   layouts: Optional[list] = None) -> Dict[tuple, dict]:
+    """Every backend against ``local`` from the same weights, at TP=1 and TP=2 + SP (+ selective recompute).
+
+    Per (layout, family, backend, rows): the largest |logit - local logit| and |local logit| on this rank (vocab
+    shard), and for backends that train on CPU the largest |grad - local grad| and |local grad| over all
+    parameters after backward of a fixed random projection of the logits. Rows: ``causal`` (no mask, causal
+    model) and ``isolated`` (packed documents + padding, built ``masked_segments``, inputs from
+    ``segments.model_inputs``, as the trainer makes them). fp32 (TF32 off on CUDA); on CUDA flex trains too.
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core.pipeline_parallel.schedules import custom_backward
+
+    from megatron_huatuo.models.attention.segments import model_inputs
+    from megatron_huatuo.models.provider import build_model, transformer_config
+    from megatron_huatuo.models.registry import get_arch
+    from megatron_huatuo.runtime import initialize
+
+    out: Dict[tuple, dict] = {}
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    for tp, sp, recompute in layouts or BACKEND_LAYOUTS:
+        initialize(tensor_parallel=tp, seed=seed)
+        rank = ps.get_tensor_model_parallel_rank()
+        for name in arch_names:
+            arch = get_arch(name) if isinstance(name, str) else name
+            name = arch.name
+            config = transformer_config(arch, tensor_parallel=tp, sequence_parallel=sp, recompute=recompute)
+            gen = torch.Generator().manual_seed(11)
+            tokens = torch.randint(0, arch.vocab_size, (2, SEQ), generator=gen)
+            positions = torch.arange(SEQ).repeat(2, 1)
+            segments = backend_segments(2, SEQ)
+            probe = torch.randn(2, SEQ, arch.vocab_size // tp, generator=torch.Generator().manual_seed(rank))
+            if cuda:
+                tokens, positions, segments, probe = (t.cuda() for t in (tokens, positions, segments, probe))
+            weights = build_model(arch, config).state_dict()
+
+            def run(backend: str, isolated: bool, grads: bool):
+                model = build_model(arch, config, attention_backend=backend, masked_segments=isolated)
+                model.load_state_dict(weights)
+                inputs = model_inputs(backend, tokens, positions, segments, isolated=isolated)
+                with torch.set_grad_enabled(grads):
+                    logits = inputs(model)
+                if not grads:
+                    return logits, None
+                loss = (logits.float() * probe).sum()
+                custom_backward(loss, torch.ones_like(loss))  # as the schedules do (keeps the CPU mapping)
+                return logits.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+            for rows, isolated in (("causal", False), ("isolated", True)):
+                ref_logits, ref_grads = run("local", isolated, grads=True)
+                for backend in backends:
+                    trains = backend != "flex" or cuda  # FlexAttention has no CPU backward
+                    logits, grads = run(backend, isolated, grads=trains)
+                    result = dict(logit_diff=(logits - ref_logits).abs().max().item(),
+                                  logit_scale=ref_logits.abs().max().item())
+                    if grads is not None:
+                        result["grad_diff"] = max((grads[n] - g).abs().max().item() for n, g in ref_grads.items())
+                        result["grad_scale"] = max(g.abs().max().item() for g in ref_grads.values())
+                    out[(tp, sp, name, backend, rows)] = result
+    return out
+
+
+def gpu_fast_path_checks(arch_names: list, flex_archs: Optional[List[str]] = None) -> dict:
+    """One GPU: the fast path in bf16 and its moving parts.
+
+    - bf16 logits and gradients of sdpa and flex vs local (same weights, isolated packed rows);
+    - flex is compiled once: new document layouts (new BlockMask closures) do not recompile
+      (``torch._dynamo.config.error_on_recompile`` after the first micro-batch);
+    - megatron-core's fused SwiGLU and cross-entropy (``training.performance.fusion_fields``) give the unfused
+      per-token loss and gradients (fp32).
+    ``flex_archs``: the families that also run flex (default all; each new shape costs a compilation on the
+    device's time budget; ``[]`` is a CPU dry run of the rest, FlexAttention has no CPU backward).
+    """
+    import torch._dynamo
+
+    from megatron_huatuo.models.attention.segments import model_inputs
+    from megatron_huatuo.models.provider import build_model, transformer_config
+    from megatron_huatuo.models.registry import get_arch
+    from megatron_huatuo.runtime import initialize
+    from megatron_huatuo.training.performance import fusion_fields
+
+    initialize(seed=3)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    out: dict = {}
+    for name in arch_names:
+        arch = get_arch(name) if isinstance(name, str) else name
+        name = arch.name
+        flex = flex_archs is None or name in flex_archs
+        gen = torch.Generator().manual_seed(5)
+        tokens = torch.randint(0, arch.vocab_size, (2, 128), generator=gen).cuda()
+        positions = torch.arange(128, device="cuda").repeat(2, 1)
+        segments = torch.zeros(2, 128, dtype=torch.long)
+        segments[:, 40:], segments[:, 90:], segments[1, 120:] = 1, 2, -1
+        segments = segments.cuda()
+        labels = torch.randint(0, arch.vocab_size, (2, 128), generator=gen).cuda()
+        config = transformer_config(arch, precision="bf16")
+        weights = build_model(arch, config).state_dict()
+        family: dict = {}
+        for backend in ("local", "sdpa", "flex") if flex else ("local", "sdpa"):
+            model = build_model(arch, config, attention_backend=backend, masked_segments=True)
+            model.load_state_dict(weights)
+            loss = model_inputs(backend, tokens, positions, segments, labels, isolated=True)(model)
+            loss.float().mean().backward()
+            family[backend] = dict(loss=loss.detach().float().cpu(),
+                                   grads={n: p.grad.detach().float().cpu() for n, p in model.named_parameters()})
+        # flex: three more micro-batches with other document layouts must reuse the compiled kernel
+        model = build_model(arch, config, attention_backend="flex", masked_segments=True)
+        model.load_state_dict(weights)
+        recompiled = None
+        torch._dynamo.config.error_on_recompile = True
+        try:
+            for cut in (17, 64, 101) if flex else ():
+                other = torch.zeros_like(segments)
+                other[:, cut:] = 1
+                model_inputs("flex", tokens, positions, other, labels, isolated=True)(model).float().mean().backward()
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            recompiled = f"{type(exc).__name__}: {exc}"[:500]
+        finally:
+            torch._dynamo.config.error_on_recompile = False
+        family["flex_recompiled"] = recompiled
+        # fusions, fp32
+        fp32 = transformer_config(arch)
+        fused_cfg = transformer_config(arch, **fusion_fields(True, "local", arch.position_embedding == "rope"))
+        fp32_weights = build_model(arch, fp32).state_dict()
+        for key, cfg in (("unfused", fp32), ("fused", fused_cfg)):
+            model = build_model(arch, cfg, attention_backend="sdpa")
+            model.load_state_dict(fp32_weights)
+            loss = model(tokens, positions, None, labels=labels)
+            loss.mean().backward()
+            family[key] = dict(loss=loss.detach().cpu(), grads={n: p.grad.detach().cpu() for n, p in model.named_parameters()})
+        out[name] = family
+    return out

@@ -34,7 +34,7 @@ def test_fp8_without_transformer_engine_is_a_clear_error():
     [
         ("baichuan2-7b", dict(tensor_parallel=3), "num_attention_heads=32 is not divisible by tensor_parallel=3"),
         ("yi-34b", dict(tensor_parallel=14), "num_query_groups=8 is not divisible by tensor_parallel=14"),
-        ("tiny-yi", dict(pipeline_parallel=3), "4 layers cannot be split evenly over pipeline_parallel=3"),
+        ("tiny-yi", dict(pipeline_parallel=3), "4 layers cannot be split evenly over pp\\*vpp=3"),
         ("tiny-yi", dict(pipeline_parallel=2, virtual_pipeline=4), "virtual_pipeline=4"),
         ("tiny-yi", dict(sequence_parallel=True), "sequence_parallel needs tensor_parallel >= 2"),
         ("tiny-yi", dict(precision="fp64"), "precision must be one of"),

@@ -293,3 +293,26 @@ def test_run_is_the_library_entry_point(tmp_path):
     report = run(str(tmp_path / "s.json"), str(tmp_path / "out"), PrepareConfig())
     assert report["kept_documents"] == 1
     assert lines(tmp_path / "out" / "documents.jsonl")[0]["lang"] == "en"  # detected: lang auto
+
+
+@pytest.mark.parametrize("content", ["", "\n \n", "[]", "  \n\n"], ids=["empty", "blank-lines", "empty-array", "blank"])
+def test_a_source_without_documents_is_an_error_naming_it_unless_allowed(tmp_path, capsys, content):
+    from preprocessing import cli as pcli
+
+    suffix = {"[]": ".json", "  \n\n": ".txt"}.get(content, ".jsonl")
+    write_jsonl(tmp_path / "good.jsonl", [{"id": "1", "text": LONG}])
+    (tmp_path / f"empty{suffix}").write_text(content, encoding="utf-8")
+    (tmp_path / "s.yaml").write_text(f"- {{name: good, kind: web, lang: en, path: good.jsonl}}\n"
+                                     f"- {{name: hollow, kind: web, lang: en, path: empty{suffix}}}\n")
+    args = ["prepare", "--sources", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out"), "--quiet", "--workers", "1"]
+    assert pcli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: source 'hollow': {tmp_path / f'empty{suffix}'} holds no documents (an empty source is an " \
+                  f"error; --allow-empty accepts it)"
+    assert not (tmp_path / "out" / "documents.jsonl").exists() and not list((tmp_path / "out").glob(".*partial"))
+    assert pcli.main(args + ["--allow-empty"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["read"] == {"good": 1, "hollow": 0} and report["kept_documents"] == 1
+    # a shard that owns none of a non-empty source's documents is not "empty": shard 1/2 of one document
+    assert pcli.main(["prepare", "--sources", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "sh"), "--quiet",
+                      "--shard", "1/2", "--allow-empty"]) == 0

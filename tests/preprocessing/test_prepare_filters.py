@@ -10,7 +10,7 @@ from preprocessing.prepare import REASONS, PrepareConfig, Source, merge, run_sha
 from preprocessing.prepare.dedup import band_shape, shingles
 from preprocessing.prepare.filters import (dup_line_fraction, dup_ngram_fraction, medical_hits, medical_score,
                                            top_ngram_fraction)
-from preprocessing.prepare.text import units, zh_share
+from preprocessing.prepare.text import Units, zh_share
 from preprocessing.sharding import Shard
 
 OFF = dict(min_chars=0, min_letter_ratio=0, max_dup_line_fraction=1, max_top_ngram_fraction=1,
@@ -18,17 +18,19 @@ OFF = dict(min_chars=0, min_letter_ratio=0, max_dup_line_fraction=1, max_top_ngr
 
 
 def test_units_are_cjk_characters_and_words():
-    assert units("高血压 Patients' ＢＰ 120/80") == ["高", "血", "压", "patients", "bp", "120", "80"]
+    us = Units("高血压 Patients' ＢＰ 120/80 高")
+    assert us.strings() == ["高", "血", "压", "patients", "bp", "120", "80", "高"]
+    assert us.ids.tolist() == [0, 1, 2, 3, 4, 5, 6, 0] and us.chars() == 19 and "".join(us.joined()) == "高血压patientsbp12080高"
 
 
 def test_repetition_measures_by_hand():
     assert dup_line_fraction("a\nb\na\na\nc") == 2 / 5
     # bigrams: (the cat) x3 = 18 characters, (cat the) x2, (cat sat) x1; all units: 21 characters
-    assert top_ngram_fraction("the cat the cat the cat sat".split(), 2) == pytest.approx(18 / 21)
-    assert top_ngram_fraction("every word here is new".split(), 2) == 0  # nothing repeats
+    assert top_ngram_fraction(Units("the cat the cat the cat sat"), 2) == pytest.approx(18 / 21)
+    assert top_ngram_fraction(Units("every word here is new"), 2) == 0  # nothing repeats
     # 3-grams abc, bcd occur twice: they cover units 0..7 of 9 (all one character)
-    assert dup_ngram_fraction(list("abcdabcde"), 3) == pytest.approx(8 / 9)
-    assert dup_ngram_fraction(units("高血压高血压"), 3) == 1.0
+    assert dup_ngram_fraction(Units("a b c d a b c d e"), 3) == pytest.approx(8 / 9)
+    assert dup_ngram_fraction(Units("高血压高血压"), 3) == 1.0
 
 
 def test_script_share_and_medical_terms_by_hand():
@@ -41,9 +43,9 @@ def test_script_share_and_medical_terms_by_hand():
 
 def test_shingles_are_word_ngrams_in_english_and_character_ngrams_in_chinese():
     cfg = PrepareConfig(shingle_words=3, shingle_chars=5)
-    assert shingles(units("The cat, the hat and the bat."), "en", cfg) == {
+    assert shingles(Units("The cat, the hat and the bat."), "en", cfg) == {
         "the cat the", "cat the hat", "the hat and", "hat and the", "and the bat"}
-    assert shingles(units("高血压患者，应控制"), "zh", cfg) == {"高血压患者", "血压患者应", "压患者应控", "患者应控制"}
+    assert shingles(Units("高血压患者，应控制"), "zh", cfg) == {"高血压患者", "血压患者应", "压患者应控", "患者应控制"}
 
 
 def independent_counts(texts: list[str]) -> dict:
@@ -91,9 +93,9 @@ def test_ngram_filters_drop_spam_and_keep_prose(tmp_path):
              "obesity and lack of exercise.")
     report, reasons = run_docs(tmp_path, [spam, chant, prose], max_top_ngram_fraction=0.2, max_dup_ngram_fraction=0.3)
     # spam: its top bigram "cheap pills" covers 10 of the 16 characters of each repeat; the chant repeats a slogan
-    assert top_ngram_fraction(units(spam), 2) == pytest.approx(10 / 16)
+    assert top_ngram_fraction(Units(spam), 2) == pytest.approx(10 / 16)
     slogan_chars = len(re.sub(r"\W", "", slogan))
-    assert dup_ngram_fraction(units(chant), 6) == pytest.approx(2 * slogan_chars / len(re.sub(r"\W", "", chant)))
+    assert dup_ngram_fraction(Units(chant), 6) == pytest.approx(2 * slogan_chars / len(re.sub(r"\W", "", chant)))
     assert reasons == {"0": "top_ngram", "1": "repeated_ngrams"}
     assert report["kept_documents"] == 1
 

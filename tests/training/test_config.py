@@ -42,6 +42,9 @@ def test_override_types_and_unknown(tmp_path):
     (["model.arch=no-such-model"], "model.arch"),
     (["data.isolate=false"], "data.isolate"),  # synthetic rows have nothing to isolate
     (["model.dropout=1.5"], "model.dropout"),
+    (["data.valid_path=v"], "train.eval_interval: data.valid_path is set"),  # validation needs an interval
+    (["train.eval_interval=5"], "data.valid_path: train.eval_interval=5 needs"),
+    (["data.valid_path=v", "train.eval_interval=5", "train.eval_iters=-1"], "train.eval_iters"),
 ])
 def test_impossible_layouts_name_the_field(overrides, field):
     with pytest.raises(RecipeError, match=field.replace(".", r"\.")):
@@ -69,3 +72,51 @@ def test_attention_path_follows_the_data():
     assert uses_segment_mask(load_recipe(None, one_stage))
     assert not uses_segment_mask(load_recipe(None, one_stage + ["data.isolate=false"]))
     assert uses_segment_mask(load_recipe(None, ["data.type=indexed", "data.prefixes=/data/a"]))
+
+
+@pytest.mark.parametrize("overrides, field, why", [
+    (["model.attention_backend=fast"], "model.attention_backend", "expected one of auto|te|sdpa|flex|local"),
+    (["model.attention_backend=flex", "model.dropout=0.1"], "model.attention_backend", "no attention dropout"),
+    (["train.fp8_recipe=mxfp8"], "train.fp8_recipe", "expected delayed|tensorwise"),
+    (["parallel.overlap_param_gather=true"], "parallel.overlap_param_gather", "distributed_optimizer: true"),
+    (["parallel.bucket_size=0"], "parallel.bucket_size", "must be >= 1"),
+])
+def test_gpu_settings_name_the_key(overrides, field, why):
+    with pytest.raises(RecipeError, match=rf"{field.replace('.', chr(92) + '.')}: .*{why}"):
+        load_recipe(None, overrides)
+
+
+def test_backends_missing_from_this_install_fail_fast_naming_the_key(monkeypatch):
+    """te without Transformer Engine, flex on a torch without FlexAttention, fp8 without TE: one line, at load."""
+    from megatron_huatuo.models.attention import resolve
+
+    monkeypatch.setattr(resolve, "te_installed", lambda: False)
+    with pytest.raises(RecipeError, match=r"model\.attention_backend: te needs Transformer Engine"):
+        load_recipe(None, ["model.attention_backend=te"])
+    with pytest.raises(RecipeError, match=r"train\.precision: fp8 needs Transformer Engine"):
+        load_recipe(None, ["train.precision=fp8"])
+    monkeypatch.setattr(resolve, "have_flex_attention", lambda: False)
+    with pytest.raises(RecipeError, match=r"model\.attention_backend: flex needs torch\.nn\.attention\.flex_attention"):
+        load_recipe(None, ["model.attention_backend=flex"])
+    assert load_recipe(None, ["model.attention_backend=sdpa"]).model.attention_backend == "sdpa"
+
+
+@pytest.mark.parametrize("arch, isolated, cuda, te, expected", [
+    ("tiny-baichuan2-7b", False, False, False, "local"),  # CPU: the reference path
+    ("tiny-baichuan2-13b", True, False, True, "local"),
+    ("tiny-baichuan2-7b", False, True, False, "sdpa"),  # CUDA, causal RoPE rows: flash through SDPA
+    ("tiny-yi", True, True, False, "flex"),  # isolated packing: document BlockMask
+    ("tiny-baichuan2-13b", False, True, False, "flex"),  # ALiBi: score_mod
+    ("tiny-baichuan2-13b", True, True, True, "te"),  # Transformer Engine installed on CUDA
+])
+def test_auto_backend_rule(monkeypatch, arch, isolated, cuda, te, expected):
+    from megatron_huatuo.models.attention import resolve
+    from megatron_huatuo.models.registry import get_arch
+
+    monkeypatch.setattr(resolve, "te_installed", lambda: te)
+    got = resolve.build_kwargs("auto", get_arch(arch), isolated=isolated, training=True, cuda=cuda)
+    assert got == dict(attention_backend=expected, masked_segments=isolated,
+                       transformer_impl="transformer_engine" if expected == "te" else "local")
+    with pytest.raises(resolve.AttentionBackendError, match="flex cannot train on CPU"):
+        resolve.resolve_backend("flex", get_arch(arch), training=True, cuda=False)
+    assert resolve.resolve_backend("flex", get_arch(arch), training=False, cuda=False) == "flex"  # scoring: fine

@@ -1,0 +1,75 @@
+"""Differences between the megatron-core (0.16-0.19) and torch releases we support, in one place.
+
+We install on Python 3.10-3.12 with ``megatron-core>=0.16,<0.20``: CI runs Python 3.11 + 0.16.1 (the newest
+release for 3.11), ``bench/device_check.sh`` runs Python 3.12 + 0.19.2 on a GPU. Code elsewhere asks this module
+instead of testing versions itself, so supporting a new release is one edit here.
+
+What differs (read from both wheels and run with both; docs/models.md):
+
+- megatron-core 0.17+ waits on ``torch.cuda.current_stream()`` before every gradient reduce: a CUDA-only call,
+  mapped to a no-op stream by ``runtime/cpu.py`` on CPU machines (no effect on GPUs).
+- megatron-core 0.19 logs "GPTModel IS DEPRECATED" (in favour of ``HybridModel``) once per model built; GPTModel
+  still works unchanged, and every model is built in ``models/provider.py``, so the move is one file.
+- dist_checkpointing: 0.16 has strategy base classes (``strategies.base.SaveShardedStrategy``); 0.19 removed them,
+  and ``dist_checkpointing.save`` silently replaces any strategy that is not a ``TorchDistSaveShardedStrategy``
+  with its default one (:func:`save_strategy_base`; the streaming import's writer subclasses it). 0.19 also stores
+  the common state as a sharded object instead of ``common.pt``; ``load_common_state_dict`` reads both.
+- torch: ``scaled_dot_product_attention(enable_gqa=...)`` and ``flex_attention`` exist from torch 2.5.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+MCORE_SUPPORTED = ((0, 16), (0, 20))  # [min, max) of megatron-core (major, minor), as pyproject.toml says
+
+
+def _version_tuple(text: str) -> Tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+        if not piece.isdigit():
+            break
+    return tuple(parts)
+
+
+TORCH_VERSION = _version_tuple(torch.__version__)
+SDPA_HAS_ENABLE_GQA = TORCH_VERSION >= (2, 5)
+
+
+def megatron_core_version() -> Tuple[int, ...]:
+    """The installed megatron-core version as a tuple (from the package metadata: megatron-core is not imported;
+    a source tree on PYTHONPATH without metadata falls back to its ``package_info``)."""
+    from importlib import metadata
+
+    try:
+        return _version_tuple(metadata.version("megatron-core"))
+    except metadata.PackageNotFoundError:
+        from megatron.core.package_info import __version__
+
+        return _version_tuple(__version__)
+
+
+def check_megatron_core() -> Tuple[int, ...]:
+    """The installed version, or ``RuntimeError`` naming it when it is outside the supported range."""
+    version = megatron_core_version()
+    low, high = MCORE_SUPPORTED
+    if not low <= version[:2] < high:
+        raise RuntimeError(f"megatron-core {'.'.join(map(str, version))} is not supported: need "
+                           f">={low[0]}.{low[1]},<{high[0]}.{high[1]} (pip install 'megatron-core>=0.16,<0.20')")
+    return version
+
+
+def save_strategy_base() -> type:
+    """The class a custom ``torch_dist`` save strategy must derive from for ``dist_checkpointing.save`` to use it:
+    ``SaveShardedStrategy`` (megatron-core 0.16) or ``TorchDistSaveShardedStrategy`` (0.19, which has no base
+    classes and swaps any other strategy for its default). Both take ``(backend, version)`` and call ``save``."""
+    try:
+        from megatron.core.dist_checkpointing.strategies.base import SaveShardedStrategy
+    except ImportError:
+        from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy as SaveShardedStrategy
+    return SaveShardedStrategy
