@@ -24,14 +24,13 @@ sentencepiece call per ~``_JOIN_CHARS`` characters, joined by the same separator
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
 _JOIN_CHARS = 1 << 15  # characters per joined sentencepiece call (its merge queue spans the call: keep it short)
-_CACHE_ROWS = 4_000_000  # distinct segments kept before the cache is cleared (bounds memory, output unaffected)
+_CACHE_ROWS = 2_000_000  # distinct segments kept before the cache is cleared (~150 MB; output unaffected)
 _BATCH_MIN = 128  # sentencepiece's list encode starts a thread pool per call: below this, one call per text
 _MERGING = (1, 4, 5)  # piece types in BPE's piece table: NORMAL, USER_DEFINED, UNUSED
 _NORMAL = 1
@@ -71,7 +70,11 @@ def exact_by_parts(proto) -> bool:
             and ns.escape_whitespaces and not ts.treat_whitespace_as_suffix and ts.byte_fallback)
 
 
-def separator(proto) -> Optional[str]:
+def _code_points(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def separator(pieces: List[str], types: List[int]) -> Optional[str]:
     """A private-use character that BPE never merges with a neighbour, whose ids nothing else produces (or None).
 
     Either a whole normal piece that occurs in no other piece (it encodes to its own id), or a character that
@@ -79,12 +82,14 @@ def separator(proto) -> Optional[str]:
     yields, and UTF-8 is self-synchronising: that byte sequence is this character). Private-use characters are
     (nearly) absent from real text; a text that holds it is encoded on its own.
     """
-    counts = Counter(itertools.chain.from_iterable(p.piece for p in proto.pieces))
-    private = [p.piece for p in proto.pieces if p.type == _NORMAL and len(p.piece) == 1
-               and "\ue000" <= p.piece <= "\uf8ff" and counts[p.piece] == 1]
+    chars, counts = np.unique(_code_points("".join(pieces)), return_counts=True)
+    once = set(chars[counts == 1].tolist())
+    private = [p for p, t in zip(pieces, types) if t == _NORMAL and len(p) == 1 and 0xE000 <= ord(p) <= 0xF8FF
+               and ord(p) in once]
     if private:
         return private[-1]
-    return next((chr(c) for c in range(0xE000, 0xF900) if chr(c) not in counts), None)
+    present = set(chars.tolist())
+    return next((chr(c) for c in range(0xE000, 0xF900) if c not in present), None)
 
 
 class _PairTable:
@@ -94,26 +99,25 @@ class _PairTable:
     boolean matrix over those indices answers the pair test with two array lookups per character.
     """
 
-    def __init__(self, proto):
-        pairs = set()
-        for p in proto.pieces:
-            if p.type in _MERGING:
-                pairs.update(zip(p.piece, p.piece[1:]))
-        chars = sorted({c for pair in pairs for c in pair})
+    def __init__(self, merging: List[str]):
+        cp = _code_points("".join(merging)).astype(np.int64)
+        lens = np.fromiter(map(len, merging), dtype=np.int64, count=len(merging))
+        inside = np.ones(max(len(cp) - 1, 0), dtype=bool)  # pair (i, i + 1) lies inside one piece
+        inside[(np.cumsum(lens) - 1)[:-1]] = False
+        a, b = cp[:-1][inside], cp[1:][inside]
+        chars = np.unique(np.concatenate([a, b]))
         self.k = len(chars) + 1
         self.lut = np.zeros(0x110000, dtype=np.uint16 if self.k < 1 << 16 else np.uint32)
-        self.lut[[ord(c) for c in chars]] = np.arange(1, self.k)
+        self.lut[chars] = np.arange(1, self.k)
         self.lut[ord(" ")] = self.lut[ord("\u2581")]  # the normaliser turns a space into U+2581
         self.joint = np.zeros(self.k * self.k, dtype=bool)
-        if pairs:
-            a = np.array([self.lut[ord(x)] for x, _ in pairs], dtype=np.int64)
-            b = np.array([self.lut[ord(y)] for _, y in pairs], dtype=np.int64)
-            self.joint[a * self.k + b] = True
+        self.joint[self.lut[a].astype(np.int64) * self.k + self.lut[b]] = True
 
     def cuts(self, cp: np.ndarray) -> np.ndarray:
         """Segment start offsets of the code points ``cp`` (0 first): every boundary no merging piece spans."""
-        idx = self.lut[cp].astype(np.int32)  # k * k < 2**31: k is at most a few thousand characters
-        joint = self.joint[idx[:-1] * np.int32(self.k) + idx[1:]]
+        wide = np.int32 if self.k * self.k < 1 << 31 else np.int64  # k is a few thousand characters in practice
+        idx = self.lut[cp].astype(wide)
+        joint = self.joint[idx[:-1] * wide(self.k) + idx[1:]]
         starts = np.flatnonzero(~joint)
         starts += 1
         return np.concatenate([np.zeros(1, dtype=np.int64), starts])
@@ -125,7 +129,7 @@ class _HashTable:
     def __init__(self, bits: int = 16):
         self.bits = bits
         self.keys = np.zeros(1 << bits, dtype=np.uint64)
-        self.rows = np.zeros(1 << bits, dtype=np.int64)
+        self.rows = np.zeros(1 << bits, dtype=np.int32)
         self.used = 0
 
     def _slots(self, h: np.ndarray) -> np.ndarray:
@@ -153,7 +157,7 @@ class _HashTable:
             while 2 * (self.used + len(h)) > (1 << self.bits):
                 self.bits += 1
             self.keys = np.zeros(1 << self.bits, dtype=np.uint64)
-            self.rows = np.zeros(1 << self.bits, dtype=np.int64)
+            self.rows = np.zeros(1 << self.bits, dtype=np.int32)
             self.used = 0
             self._place(keys, vals)
         self._place(h, rows)
@@ -162,13 +166,12 @@ class _HashTable:
         pos, pending, mask = self._slots(h), np.arange(len(h)), (1 << self.bits) - 1
         while len(pending):
             p = pos[pending]
-            free = self.keys[p] == 0
+            free = np.flatnonzero(self.keys[p] == 0)
             slots, first = np.unique(p[free], return_index=True)  # one winner per free slot
-            winners = pending[free][first]
+            winners = pending[free[first]]
             self.keys[slots], self.rows[slots] = h[winners], rows[winners]
-            placed = np.zeros(len(h), dtype=bool)
-            placed[winners] = True
-            left = ~placed[pending]
+            left = np.ones(len(pending), dtype=bool)
+            left[free[first]] = False
             pending = pending[left]
             pos[pending] = (p[left] + 1) & mask
         self.used += len(h)
@@ -185,7 +188,9 @@ class _Store:
         """Append ``values``; returns where they start."""
         start, end = self.n, self.n + len(values)
         if end > len(self.a):
-            self.a = np.resize(self.a, max(end, 2 * len(self.a)))
+            grown = np.empty(max(end, 2 * len(self.a)), dtype=self.a.dtype)
+            grown[:start] = self.a[:start]
+            self.a = grown
         self.a[start:end] = values
         self.n = end
         return start
@@ -205,10 +210,14 @@ class SegmentCache:
         proto = pb.ModelProto()
         proto.ParseFromString(Path(model_file).read_bytes())
         self.dummy_prefix = bool(proto.normalizer_spec.add_dummy_prefix)
-        self.sep = separator(proto) if exact_by_parts(proto) else None
+        self.sep = None
+        if exact_by_parts(proto):
+            pieces = [p.piece for p in proto.pieces]
+            types = [p.type for p in proto.pieces]
+            self.sep = separator(pieces, types)
         self.fast = self.sep is not None
         if self.fast:
-            self.pairs = _PairTable(proto)
+            self.pairs = _PairTable([p for p, t in zip(pieces, types) if t in _MERGING])
             proto.normalizer_spec.add_dummy_prefix = False  # added to each text instead
         self.sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
         self.sep_ids = np.array(self.sp.encode(self.sep), dtype=np.int32) if self.fast else np.zeros(0, np.int32)
@@ -274,10 +283,11 @@ class SegmentCache:
     # -- the cache -------------------------------------------------------------------------------------------
 
     def _powers(self, n: int) -> Tuple[np.ndarray, np.ndarray]:
-        if len(self._pow) < n:
-            size = max(n, 2 * len(self._pow))
-            self._pow = np.cumprod(np.full(size, _BASE, dtype=np.uint64)) * _BASE_INV  # BASE**j, j = 0..
-            self._ipow = np.cumprod(np.full(size, _BASE_INV, dtype=np.uint64)) * _BASE
+        while len(self._pow) < n:  # BASE**j and BASE**-j for j = 0.., doubled: [0, m) -> [m, 2m) = [0, m) * x**m
+            step = np.uint64(int(self._pow[-1]) * int(_BASE) % (1 << 64))  # BASE**m (array products wrap silently)
+            istep = np.uint64(int(self._ipow[-1]) * int(_BASE_INV) % (1 << 64))
+            self._pow = np.concatenate([self._pow, self._pow * step])
+            self._ipow = np.concatenate([self._ipow, self._ipow * istep])
         return self._pow, self._ipow
 
     def _hashes(self, cp: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -324,7 +334,7 @@ class SegmentCache:
         joined = self.sep.join(texts)
         if not joined:
             return np.zeros(0, dtype=np.int32), np.zeros(len(texts), dtype=np.int64)
-        cp = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        cp = _code_points(joined)
         starts = self.pairs.cuts(cp)
         ends = np.append(starts[1:], len(cp))
         lens = ends - starts

@@ -111,3 +111,19 @@ def test_hash_collisions_stay_exact(tiny_tokenizer, monkeypatch):
         ids, lengths = tok.encode_flat(texts)
         assert lengths.tolist() == [len(sp.encode(t)) for t in texts]
         assert ids.tolist() == [i for t in texts for i in sp.encode(t)]
+
+
+def test_table_growth_and_cache_reset_stay_exact(tiny_tokenizer, monkeypatch):
+    """A hash table that starts at 4 slots grows many times, and a cache of at most 50 segments is cleared
+    between batches: the ids do not change."""
+    from megatron_huatuo.data import segment_cache
+
+    monkeypatch.setattr(segment_cache, "_CACHE_ROWS", 50)
+    monkeypatch.setattr(segment_cache._HashTable.__init__, "__defaults__", (2,))
+    model = tiny_tokenizer / "tokenizer.model"
+    sp = spm.SentencePieceProcessor(model_file=str(model))
+    tok = Tokenizer(model)
+    texts = _random_texts(5, 240)
+    for i in range(0, len(texts), 40):
+        batch = texts[i:i + 40]
+        assert tok.encode_batch(batch) == [sp.encode(t) for t in batch]
