@@ -29,8 +29,11 @@ Megatron-LM needs a checkout (``--megatron-lm DIR``, put first on PYTHONPATH for
 of the megatron-core we pin), then ``pip install --target DIR six triton`` (its imports need them; no GPU is used).
 Without ``--megatron-lm`` only our side runs.
 
+``--profile`` instead splits our CPU time (one in-process run, 1 worker) into SentencePiece's ``encode``,
+``json.loads`` and the rest (segment cache in numpy, reading, writing), beside the floor.
+
 Usage: python bench/tokenize_throughput.py --megatron-lm DIR [--tokenizers baichuan2 yi llama2] [--workers 1 2]
-       [--repeats 3] [--target-mb 32] [--workdir DIR]
+       [--repeats 3] [--target-mb 32] [--workdir DIR] [--profile]
 """
 from __future__ import annotations
 
@@ -75,13 +78,9 @@ def hash_bytes(data: bytes) -> str:
 
 
 def hash_file(path: Path) -> str:
-    import hashlib
+    from megatron_huatuo.data.order_index import _sha256_file  # the project's one streaming SHA-256 of a file
 
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
+    return _sha256_file(path)
 
 
 def _cpu() -> float:
@@ -154,6 +153,55 @@ def floor_cpu(inp: Path, tokenizer: str) -> float:
     return time.process_time() - t0
 
 
+class _Timed:
+    """A callable that adds its CPU seconds to ``spent[key]`` (to split one in-process run by library)."""
+
+    def __init__(self, fn, spent: dict, key: str):
+        self.fn, self.spent, self.key = fn, spent, key
+
+    def __call__(self, *args, **kwargs):
+        t0 = time.process_time()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.spent[self.key] += time.process_time() - t0
+
+
+def profile_ours(inp: Path, tokenizer: str, prefix: Path) -> dict:
+    """CPU seconds of one in-process ``tokenize`` (1 worker, tokenizer load included), and how much of it is inside
+    SentencePiece's ``encode`` (the distinct segments the cache misses) and inside ``json.loads``. Calls are timed
+    one by one, which costs ~1 us per call: a few thousand sentencepiece calls and one ``json.loads`` per line."""
+    import types
+
+    from megatron_huatuo.data import segment_cache
+    from preprocessing.dataset import tokenize as tk
+
+    spent = {"sentencepiece": 0.0, "json": 0.0}
+
+    class Processor:  # the cache's SentencePieceProcessor, with encode timed
+        def __init__(self, sp):
+            self.sp, self.encode = sp, _Timed(sp.encode, spent, "sentencepiece")
+
+        def __getattr__(self, name):
+            return getattr(self.sp, name)
+
+    init, json_mod = segment_cache.SegmentCache.__init__, tk.json
+
+    def timed_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.sp = Processor(self.sp)
+
+    segment_cache.SegmentCache.__init__ = timed_init
+    tk.json = types.SimpleNamespace(loads=_Timed(json.loads, spent, "json"))
+    try:
+        t0 = time.process_time()
+        tk.tokenize(tk.TokenizeConfig([str(inp)], tokenizer, str(prefix), workers=1))
+        total = time.process_time() - t0
+    finally:
+        segment_cache.SegmentCache.__init__, tk.json = init, json_mod
+    return {"total": total, **spent, "rest": total - sum(spent.values())}
+
+
 def spread(xs) -> str:
     xs = [x for x in xs if x is not None]
     if not xs:
@@ -184,12 +232,25 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=3, help="alternated runs per tool, tokenizer and worker count")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tokenize_bench")
+    ap.add_argument("--profile", action="store_true",
+                    help="only split our CPU time (1 worker, in-process) into sentencepiece / json / the rest")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     info = corpus(args.workdir, args.target_mb)
     inp, n_docs, mb = Path(info["path"]), info["documents"], info["bytes"] / 1e6
     parts = ", ".join(f"{k} {v['documents']} docs {v['bytes'] / 1e6:.1f} MB" for k, v in info["components"].items())
     print(f"input: {inp}, {n_docs} documents, {mb:.1f} MB, sha256 {info['sha256'][:16]}; {parts}")
+    if args.profile:
+        for name in args.tokenizers:
+            model = name if name.endswith(".model") else str(SHARED / "tokenizers" / name / "tokenizer.model")
+            floor = floor_cpu(inp, model)
+            for _ in range(args.repeats):
+                p = profile_ours(inp, model, args.workdir / "profile")
+                print(f"[{Path(model).parent.name}] ours in-process, 1 worker: {p['total']:.2f} CPU-s; inside "
+                      f"sentencepiece encode {p['sentencepiece']:.2f} ({p['sentencepiece'] / p['total']:.0%}), "
+                      f"json.loads {p['json']:.2f} ({p['json'] / p['total']:.0%}), rest {p['rest']:.2f} "
+                      f"({p['rest'] / p['total']:.0%}); sp.encode per document (floor) {floor:.2f} CPU-s", flush=True)
+        return
     env = None
     if args.megatron_lm is None:
         print("Megatron-LM comparison skipped: pass --megatron-lm DIR (a Megatron-LM checkout; see the docstring)")
