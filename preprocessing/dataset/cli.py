@@ -56,6 +56,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.cmd == "tokenize":
             from preprocessing.dataset.tokenize import TokenizeConfig, tokenize
 
+            # after the imports, before any work (bench/tokenize_throughput.py splits start-up from work here)
+            print(f"tokenize: opening {len(args.input)} input(s), {args.workers} worker(s)", flush=True)
             rep = tokenize(TokenizeConfig(inputs=args.input, tokenizer=args.tokenizer,
                                           output_prefix=args.output_prefix, json_keys=args.json_keys,
                                           append_eod=args.append_eod, workers=args.workers,

@@ -19,7 +19,8 @@ from preprocessing.dataset.formats import FormatError
 from preprocessing.dataset.tokenize import TokenizeConfig, tokenize
 
 DOCS = ["Hypertension is common.  Salt   matters!", "高血压怎么办？限盐。", "", "a\nb\tc ▁ d", " leading space",
-        ["first sentence.", "", "second one"], [], "😀 emoji and é"]
+        ["first sentence.", "", "second one"], [], "😀 emoji and é", "   ", "crlf\r\nline\r\n", "\x00\x01\x7f ctrl",
+        "\ue000 private use \uec5b", ["\ue000", " "]]
 
 
 def _write(path, docs, key="text"):
