@@ -187,7 +187,11 @@ def test_bad_hf_directories_are_named_and_leave_no_output(tmp_path):
     assert not (tmp_path / "out3").exists()
 
 
-@pytest.mark.parametrize("arch_name,tp,pp", [("tiny-yi", 1, 2), ("tiny-baichuan2-7b", 2, 1),
+# Yi at PP=2 is the same mapping as Baichuan2-13B at PP=2 minus W_pack (its GQA import is checked against
+# transformers' logits in test_llama_import_logits_and_export_round_trip): kept for `make test-all`, out of the
+# timed suite.
+@pytest.mark.parametrize("arch_name,tp,pp", [pytest.param("tiny-yi", 1, 2, marks=pytest.mark.slow),
+                                             ("tiny-baichuan2-7b", 2, 1),
                                              ("tiny-baichuan2-13b", 1, 2)])
 def test_round_trip_through_a_tp2_or_pp2_checkpoint_is_bit_identical(tmp_path, arch_name, tp, pp):
     """HF -> import -> loaded and saved again by 2 ranks at TP=2 or PP=2 -> export: every HF tensor bit-identical

@@ -32,6 +32,7 @@ def sbatch(env, tmp: Path, name: str, overrides: list[str]) -> str:
     return out.stdout.strip().split(";")[0]
 
 
+@pytest.mark.slow  # the same batch-script path is in the default suite with the real trainer (below)
 def test_usr1_saves_requeues_and_resumes_to_the_same_loss(slurm_env, tmp_path):
     env = dict(slurm_env, HUATUO_LOG_DIR=str(tmp_path / "logs"))
     tmp_path.chmod(0o777)
