@@ -18,7 +18,7 @@ WHL="${WHL:-$ROOT/.whl}"
 OUT="${OUT:-$ROOT/device_check_out}"
 BUDGET_S="${DEVICE_CHECK_BUDGET_S:-540}"
 PY="${PYTHON:-python3}"
-SITE="${DEVICE_SITE:-/tmp/huatuo-device-site}"
+SITE="${DEVICE_SITE:-${TMPDIR:-/tmp}/huatuo-device-site}"
 MAX_CARRY_MIB=64
 PYTEST_CAP=200
 # bench case: cap in seconds (priority order)
@@ -95,7 +95,7 @@ if [ "${1:-}" = "--dry-run" ]; then
 fi
 
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-/tmp/huatuo-inductor}"
+export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-${TMPDIR:-/tmp}/huatuo-inductor}"
 export CUDA_DEVICE_MAX_CONNECTIONS=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-8}"
 plan
 
