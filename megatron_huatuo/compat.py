@@ -18,7 +18,9 @@ What differs (read from both wheels and run with both; docs/models.md):
 """
 from __future__ import annotations
 
-from typing import Tuple
+import contextlib
+import logging
+from typing import Callable, Iterator, Tuple
 
 import torch
 
@@ -64,6 +66,23 @@ def check_megatron_core() -> Tuple[int, ...]:
     return version
 
 
+class _DropGPTModelDeprecation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("GPTModel IS DEPRECATED")
+
+
+def gpt_model_class() -> type:
+    """megatron-core's ``GPTModel``, with 0.19's "GPTModel IS DEPRECATED" warning (logged to stderr at every
+    construction, in favour of ``HybridModel``) filtered out: GPTModel works unchanged on 0.19, the move is
+    tracked here, and our CLIs' errors stay one line. Other messages of that logger pass."""
+    from megatron.core.models.gpt import GPTModel
+
+    gpt_logger = logging.getLogger("megatron.core.models.gpt.gpt_model")
+    if not any(isinstance(f, _DropGPTModelDeprecation) for f in gpt_logger.filters):
+        gpt_logger.addFilter(_DropGPTModelDeprecation())
+    return GPTModel
+
+
 def save_strategy_base() -> type:
     """The class a custom ``torch_dist`` save strategy must derive from for ``dist_checkpointing.save`` to use it:
     ``SaveShardedStrategy`` (megatron-core 0.16) or ``TorchDistSaveShardedStrategy`` (0.19, which has no base
@@ -73,3 +92,35 @@ def save_strategy_base() -> type:
     except ImportError:
         from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy as SaveShardedStrategy
     return SaveShardedStrategy
+
+
+@contextlib.contextmanager
+def common_state_loading(read: Callable[[str], dict]) -> Iterator[dict]:
+    """Within the block, megatron-core's ``dist_checkpointing.load`` reads a checkpoint's common (non-sharded)
+    state with ``read(checkpoint_dir)`` instead of its own unpickling; yields the keyword arguments to pass to it.
+
+    0.16 takes a ``common_strategy`` argument (a ``TorchCommonLoadStrategy``, whose ``load_common`` is ``read``).
+    0.19 has no common strategies: ``serialization.load`` calls its module function ``load_common_state_dict``
+    (``common.pt`` if present, else the ``common_state`` object through torch's default planner, which unpickles
+    with ``weights_only=False``), so that name is swapped for the block and restored after, also on error.
+    """
+    try:
+        from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy
+    except ImportError:  # 0.19
+        TorchCommonLoadStrategy = None
+    if TorchCommonLoadStrategy is None:
+        from megatron.core.dist_checkpointing import serialization
+
+        saved = serialization.load_common_state_dict
+        serialization.load_common_state_dict = read
+        try:
+            yield {}
+        finally:
+            serialization.load_common_state_dict = saved
+        return
+
+    class _ReadCommon(TorchCommonLoadStrategy):
+        def load_common(self, checkpoint_dir):
+            return read(checkpoint_dir)
+
+    yield {"common_strategy": _ReadCommon()}
