@@ -11,6 +11,7 @@ arbitrary unpickling unless ``--trust-checkpoint``.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -52,7 +53,28 @@ class VerifyResult:
                 f"over {self.positions} positions: {verdict}")
 
 
+_RELATIVE_IMPORT = re.compile(r"^\s*from\s+\.(\w[\w.]*)\s+import", re.MULTILINE)
 NATIVE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
+def _remote_code_files(hf_dir: Path, released: Tuple[str, ...]) -> List[str]:
+    """The remote-code files a directory needs: the released set when its modeling file is absent; otherwise the
+    configuration and modeling files and every module they import relatively (``from .quantizer import ...``,
+    also inside functions), which is what transformers itself checks before it runs them."""
+    config_file, modeling_file = released[0], released[1]
+    needed, todo = [config_file, modeling_file], [modeling_file, config_file]
+    if not (hf_dir / modeling_file).exists():
+        return list(released)
+    while todo:
+        path = hf_dir / todo.pop()
+        if not path.exists():
+            continue
+        for module in _RELATIVE_IMPORT.findall(path.read_text(encoding="utf-8", errors="replace")):
+            name = module.split(".")[0] + ".py"
+            if name not in needed:
+                needed.append(name)
+                todo.append(name)
+    return needed
 
 
 def _hf_kind(hf_dir: Path, trust_remote_code: bool = False) -> str:
@@ -70,7 +92,7 @@ def _hf_kind(hf_dir: Path, trust_remote_code: bool = False) -> str:
         if config.get("model_type") == kind or cls in archs:
             return kind
     if config.get("model_type") == "baichuan" or "BaichuanForCausalLM" in archs:
-        missing = [f for f in BAICHUAN_REMOTE_CODE if not (hf_dir / f).exists()]
+        missing = [f for f in _remote_code_files(hf_dir, BAICHUAN_REMOTE_CODE) if not (hf_dir / f).exists()]
         if missing:
             raise ValueError(
                 f"{hf_dir} is in Baichuan's format but lacks {', '.join(missing)} (Baichuan's remote code, not "

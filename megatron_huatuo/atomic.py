@@ -181,13 +181,16 @@ class AtomicFiles:
     Each is written as a hidden ``.<name>.partial`` beside its final path; ``commit`` flushes them to disk and renames
     them into place, ``abort`` deletes them. As a context manager it commits when the block succeeds and aborts when it
     raises, so a killed or failed job never leaves a truncated output where a rerun or the next stage would read it.
+    The paths are renamed in the order given: a marker file named last appears only once the others are in place.
+    ``binary=True`` opens every file in binary mode (numpy arrays, ``ndarray.tofile``).
     """
 
-    def __init__(self, *paths: str | Path):
+    def __init__(self, *paths: str | Path, binary: bool = False):
         self.paths = [Path(p) for p in paths]
         for p in self.paths:
             p.parent.mkdir(parents=True, exist_ok=True)
-        self.files = [open(self.partial(p), "w", encoding="utf-8") for p in self.paths]
+        self.files = [open(self.partial(p), "wb") if binary else open(self.partial(p), "w", encoding="utf-8")
+                      for p in self.paths]
 
     @staticmethod
     def partial(path: Path) -> Path:

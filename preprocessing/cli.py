@@ -2,6 +2,7 @@
 
     prepare          read, clean, filter, deduplicate and chunk corpora      (preprocessing/prepare/)
     prepare-merge    join the outputs of `prepare --shard i/n` (global dedup, chunking)
+    prepare-dedup    the same global dedup as stages with bounded memory (signatures, pairs, decide, write, join)
     rewrite          documents -> question/answer pairs via an OpenAI-compatible server (preprocessing/rewrite/)
     rewrite-merge    merge the outputs of `rewrite --shard i/n` in input order   (preprocessing/rewrite/job.py)
     train-tokenizer  a small SentencePiece tokenizer (demo / tests)           (preprocessing/train_tokenizer.py)
@@ -38,6 +39,10 @@ def _prepare(argv: list[str]) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--allow-empty", action="store_true",
                     help="accept a source without documents (by default an error naming the file)")
+    ap.add_argument("--dedup-partitions", type=int, default=0, metavar="P",
+                    help="deduplicate with the staged dedup over P partitions (`prepare-dedup`, same decisions, "
+                         "bounded memory) instead of the one-process merge; with --shard, run this shard's "
+                         "`signatures` stage too")
     for f in dataclasses.fields(PrepareConfig):
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default,
                         help=f.metadata.get("help", "") + " (default: %(default)s)")
@@ -45,8 +50,11 @@ def _prepare(argv: list[str]) -> int:
     try:
         cfg = PrepareConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PrepareConfig)})
         shard = Shard.parse(args.shard)
+        if args.dedup_partitions < 0:
+            raise ShardError(f"--dedup-partitions must not be negative, got {args.dedup_partitions}")
         report = run(args.sources, args.out, cfg, shard=shard, workers=max(1, args.workers),
-                     progress=not args.quiet, allow_empty=args.allow_empty)
+                     progress=not args.quiet, allow_empty=args.allow_empty,
+                     dedup_partitions=args.dedup_partitions)
     except (InputError, ShardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -58,8 +66,13 @@ def _prepare(argv: list[str]) -> int:
         print(json.dumps({"shard": args.shard, "read": sum(c["read"] for c in counts.values()),
                           "dropped": {r: sum(c["dropped"][r] for c in counts.values())
                                       for r in next(iter(counts.values()), {"dropped": {}})["dropped"]}}))
-        print(f"shard {shard.index}/{shard.count} done; when every shard is: python -m preprocessing prepare-merge "
-              f"--out {args.out} --shards {shard.count}", file=sys.stderr)
+        if args.dedup_partitions:
+            print(f"shard {shard.index}/{shard.count} done (with its signatures); when every shard is: python -m "
+                  f"preprocessing prepare-dedup pairs --out {args.out} --shards {shard.count} --partition p/"
+                  f"{args.dedup_partitions} for every p (docs/preprocessing.md)", file=sys.stderr)
+        else:
+            print(f"shard {shard.index}/{shard.count} done; when every shard is: python -m preprocessing "
+                  f"prepare-merge --out {args.out} --shards {shard.count}", file=sys.stderr)
         return 0
     print(json.dumps({k: report[k] for k in ("read", "dropped", "kept_documents", "chunks")}, ensure_ascii=False))
     return 0
@@ -97,6 +110,60 @@ def _prepare_merge(argv: list[str]) -> int:
 
     return _shard_merge(argv, "prepare-merge", "join `prepare --shard i/n` outputs: global dedup, chunking, final files",
                         run, (InputError,))
+
+
+_DEDUP_HELP = """stages of the staged global dedup (docs/preprocessing.md); each task is rerunnable:
+  signatures --shard i/S --partitions P     per input shard (or `prepare --shard i/S --dedup-partitions P`)
+  pairs      --shards S --partition p/P     per partition
+  decide     --shards S --partitions P      one task
+  write      --shard i/S                    per input shard
+  join       --shards S                     one task: documents.jsonl, rejects.jsonl, report.json
+  all        --shards S --partitions P      every stage in sequence on this machine"""
+
+
+def _prepare_dedup(argv: list[str]) -> int:
+    from preprocessing.prepare import InputError, staged
+    from preprocessing.sharding import Shard, ShardError
+
+    ap = argparse.ArgumentParser(prog="python -m preprocessing prepare-dedup", description=_DEDUP_HELP,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=staged.STAGES + ("all",))
+    ap.add_argument("--out", required=True, help="the --out directory of `prepare --shard i/S`")
+    ap.add_argument("--shards", type=int, default=None, help="S, the number of input shards")
+    ap.add_argument("--partitions", type=int, default=None, help="P, the number of partitions")
+    ap.add_argument("--shard", default=None, metavar="I/S", help="the input shard of a signatures or write task")
+    ap.add_argument("--partition", default=None, metavar="P/N", help="the partition of a pairs task")
+    ap.add_argument("--quiet", action="store_true", help="accepted for symmetry with the other steps")
+    args = ap.parse_args(argv)
+
+    def need(name: str):
+        value = getattr(args, name)
+        if value is None:
+            raise ShardError(f"prepare-dedup {args.stage} needs --{name}")
+        return Shard.parse(value) if name in ("shard", "partition") else value
+
+    try:
+        if args.stage == "signatures":
+            summary = staged.signatures(args.out, need("shard"), need("partitions"))
+        elif args.stage == "pairs":
+            summary = staged.pairs(args.out, need("shards"), need("partition"))
+        elif args.stage == "decide":
+            summary = staged.decide(args.out, need("shards"), need("partitions"))
+        elif args.stage == "write":
+            summary = staged.write(args.out, need("shard"))
+        else:
+            report = (staged.join(args.out, need("shards")) if args.stage == "join"
+                      else staged.run_all(args.out, need("shards"), need("partitions")))
+            summary = {k: report[k] for k in ("read", "dropped", "kept_documents", "chunks")}
+        summary["peak_rss_mib"] = round(staged.peak_rss_mib(), 1)
+    except (InputError, ShardError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OUTPUT_ERRORS as exc:  # the task already runs elsewhere (2), or the disk is full (1)
+        print(f"error: {exc}", file=sys.stderr)
+        return exit_code(exc)
+    print(json.dumps(summary, ensure_ascii=False, sort_keys=True))
+    return 0
 
 
 def _int_or_none(text: str) -> Optional[int]:
@@ -185,6 +252,7 @@ def _dataset(argv: list[str]) -> int:
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "prepare": _prepare,
     "prepare-merge": _prepare_merge,
+    "prepare-dedup": _prepare_dedup,
     "rewrite": _rewrite,
     "rewrite-merge": _rewrite_merge,
     "train-tokenizer": _train_tokenizer,

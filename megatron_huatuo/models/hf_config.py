@@ -23,6 +23,7 @@ No megatron-core import: the converters read this alone.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -38,6 +39,9 @@ COMPARED_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_quer
                    "tie_embeddings", "qkv_bias", "rope_scaling_factor", "head_dim")
 
 # Keys that do not change the forward pass (or are read elsewhere: token ids by the exporter).
+# the head's rows L2-normalised in the forward: Baichuan2's NormHead written without the class name
+_NORMALISED_HEAD = re.compile(r"normalize\(\s*self\.(?:lm_head\.)?weight")
+
 _IGNORED = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache", "bos_token_id",
             "eos_token_id", "pad_token_id", "architectures", "auto_map", "tokenizer_class", "_from_model_config",
             "pretraining_tp",  # Llama-2: a matmul slicing in old transformers, same result
@@ -125,7 +129,8 @@ def _baichuan_position(config: dict, beside: Optional[Path], where: str) -> _Rea
     """Baichuan2-7B (RoPE) and -13B (ALiBi) share model_type and class; their released configs differ in
     ``max_position_embeddings`` (7B has it, 13B only ``model_max_length``) and their modeling files in the
     position code (7B: ``RotaryEmbedding``; 13B: ``_get_interleave`` / alibi masks). NormHead (Baichuan2, not
-    Baichuan 1) shows in the modeling file as ``class NormHead``; without the file, the Baichuan2 vocabulary
+    Baichuan 1) shows in the modeling file as ``class NormHead`` (the released files) or as an L2 normalisation of
+    the head's weight in the forward (``normalize(self.lm_head.weight ...)``, re-written files); without the file, the Baichuan2 vocabulary
     (125,696) says Baichuan2."""
     reading = _Reading({})
     by_config = None
@@ -139,7 +144,7 @@ def _baichuan_position(config: dict, beside: Optional[Path], where: str) -> _Rea
         text = modeling.read_text(encoding="utf-8", errors="replace")
         alibi, rope = "alibi" in text.lower(), "rotary" in text.lower()
         by_file = "alibi" if alibi and not rope else "rope" if rope and not alibi else None
-        norm_head = "class NormHead" in text
+        norm_head = "class NormHead" in text or _NORMALISED_HEAD.search(text) is not None
     if by_file and by_config and by_file != by_config:
         raise HFConfigError(f"{where}: the config says {by_config} ("
                             + ("max_position_embeddings set" if by_config == "rope" else "only model_max_length")

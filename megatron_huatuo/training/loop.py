@@ -22,6 +22,7 @@ import torch.distributed as dist
 from megatron_huatuo.config.recipe import Recipe, RecipeError, resolve_arch, uses_segment_mask, validate
 from megatron_huatuo.training import checkpointing, performance
 from megatron_huatuo.training.nonfinite import NonFiniteGuard
+from megatron_huatuo.training.schedule import run_micro_batches
 from megatron_huatuo.training.signals import EXIT_REQUEUE, StopRequest
 
 PEAK_FLOPS = {"bf16": 989e12, "fp8": 1979e12, "fp32": 67e12}  # H100 SXM dense
@@ -177,7 +178,6 @@ def _writer_lock(ckpt_dir: Optional[str]):
 def train(recipe: Recipe, log=print) -> TrainResult:
     """Run (or resume) training described by ``recipe``. Process groups come from torchrun / Slurm env."""
     from megatron.core import parallel_state as ps
-    from megatron.core.pipeline_parallel import get_forward_backward_func
     from torch.utils.data import DataLoader
 
     from megatron_huatuo.data.builder import ResumableDistributedSampler, build_dataset
@@ -252,7 +252,6 @@ def train(recipe: Recipe, log=print) -> TrainResult:
 
         return output, loss_func
 
-    forward_backward = get_forward_backward_func()
     guard = NonFiniteGuard(t.max_nonfinite_steps, f" in {ckpt_dir}" if ckpt_dir else "")
     losses: List[float] = []
     exit_code = 0
@@ -266,13 +265,7 @@ def train(recipe: Recipe, log=print) -> TrainResult:
             for model in models:
                 model.zero_grad_buffer()
             optimizer.zero_grad()
-            iterators = [iter(batches) for _ in models]
-            reduced = forward_backward(
-                forward_step_func=forward_step,
-                data_iterator=iterators if len(models) > 1 else iterators[0],
-                model=models if len(models) > 1 else models[0],
-                num_microbatches=num_micro, seq_length=sched_seq, micro_batch_size=sched_micro,
-                forward_only=False)
+            reduced = run_micro_batches(forward_step, batches, models, (sched_seq, sched_micro), forward_only=False)
             lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler then moves on)
             loss, loss_sum = float("nan"), None
             if ps.is_pipeline_last_stage(ignore_virtual=True):

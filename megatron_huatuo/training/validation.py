@@ -94,12 +94,12 @@ def evaluate(vset: ValidationSet, models: list, forward_step: Callable, *, eval_
     Every rank must call this at the same step: it runs collective pipeline and data-parallel communication.
     """
     from megatron.core import parallel_state as ps
-    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_huatuo.training.schedule import run_micro_batches
 
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     sched_seq, sched_micro = schedule_shape or (vset.seq_length, micro_batch)
     rows_per_batch = num_micro * micro_batch * dp
-    forward_backward = get_forward_backward_func()
     results: Dict[str, tuple] = {}
     for model in models:
         model.eval()
@@ -111,14 +111,9 @@ def evaluate(vset: ValidationSet, models: list, forward_step: Callable, *, eval_
             totals = torch.zeros(2, dtype=torch.float64, device=device)
             for b in range(batches):
                 micro = _micro_batches(vset, src, b, num_micro, micro_batch, dp_rank, dp)
-                iterators = [iter(micro) for _ in models]
                 with torch.no_grad():
-                    reduced = forward_backward(
-                        forward_step_func=forward_step,
-                        data_iterator=iterators if len(models) > 1 else iterators[0],
-                        model=models if len(models) > 1 else models[0],
-                        num_microbatches=num_micro, seq_length=sched_seq, micro_batch_size=sched_micro,
-                        forward_only=True)
+                    reduced = run_micro_batches(forward_step, micro, models, (sched_seq, sched_micro),
+                                                forward_only=True)
                 if ps.is_pipeline_last_stage(ignore_virtual=True):
                     totals += torch.stack([r["lm loss"] for r in reduced]).sum(0).to(device, torch.float64)
             if ps.is_pipeline_last_stage(ignore_virtual=True):

@@ -33,6 +33,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True)
     b.add_argument("--workers", type=int, default=1, help="processes; the output is the same for any count")
     b.add_argument("--allow-empty", action="store_true", help="skip input files without rows instead of refusing")
+    b.add_argument("--shard", default=None, metavar="I/N",
+                   help="encode only shard I of N into OUT.shards/; then `build-merge --out OUT --shards N`")
+    m = sub.add_parser("build-merge", help="the dataset directory from the parts of `build --shard i/n` (the bytes "
+                                           "of an unsharded build)")
+    m.add_argument("--out", required=True, help="the --out every shard was given")
+    m.add_argument("--shards", type=int, required=True, help="N of the shards' --shard i/N")
     i = sub.add_parser("inspect", help="per-source counts and the packed order's statistics")
     i.add_argument("dir")
     i.add_argument("--seq-length", type=int, default=None)
@@ -59,12 +65,33 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"{key}: {r['documents']} documents, {r['tokens']} tokens ({rep['dtype']}) -> {r['prefix']}.bin/.idx")
             print(f"{rep['lines'] / secs:.1f} docs/s, {rep['bytes'] / secs / 1e6:.2f} MB/s, {secs:.2f} s, "
                   f"{rep['workers']} worker(s)")
-        elif args.cmd == "build":
+        elif args.cmd == "build" and args.shard:
             from preprocessing.dataset.build import BuildConfig, build
+            from preprocessing.sharding import Shard
 
-            m = build(BuildConfig(pairs=args.pairs, sft=args.sft, tokenizer=args.tokenizer,
-                                  seq_length=args.seq_length, seed=args.seed, out=args.out, template=args.template,
-                                  workers=args.workers, allow_empty=args.allow_empty))
+            shard = Shard.parse(args.shard)
+            meta = build(BuildConfig(pairs=args.pairs, sft=args.sft, tokenizer=args.tokenizer,
+                                     seq_length=args.seq_length, seed=args.seed, out=args.out,
+                                     template=args.template, workers=args.workers,
+                                     allow_empty=args.allow_empty), shard)
+            if not shard.whole:
+                print(f"shard {shard.index}/{shard.count}: {len(meta['results'])} of {meta['ranges']} ranges; when "
+                      f"every shard is done: python -m preprocessing.dataset build-merge --out {args.out} "
+                      f"--shards {shard.count}")
+            else:
+                print(f"wrote {args.out}")
+        elif args.cmd in ("build", "build-merge"):
+            from preprocessing.dataset.build import BuildConfig, build, merge_shards
+
+            if args.cmd == "build-merge":
+                if args.shards < 1:
+                    raise ValueError(f"--shards must be at least 1, got {args.shards}")
+                m = merge_shards(args.out, args.shards)
+            else:
+                m = build(BuildConfig(pairs=args.pairs, sft=args.sft, tokenizer=args.tokenizer,
+                                      seq_length=args.seq_length, seed=args.seed, out=args.out,
+                                      template=args.template, workers=args.workers,
+                                      allow_empty=args.allow_empty))
             for s in m["sources"]:
                 print(f"{s['name']}: {s['documents']} documents, {s['tokens']} tokens, "
                       f"{s['trained_tokens']} trained, priority {s['priority']}, epochs {s['epochs']}")

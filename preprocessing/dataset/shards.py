@@ -22,7 +22,7 @@ from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 
-from megatron_huatuo.data.indexed_files import DTYPE_CODES, INDEX_HEADER as _HEADER
+from megatron_huatuo.data.indexed_files import DTYPE_CODES, INDEX_HEADER as _HEADER, TruncatedDataset
 
 MIN_RANGE_BYTES = 1 << 20
 MAX_RANGE_BYTES = 64 << 20
@@ -189,8 +189,18 @@ def write_index(idx_path: str | Path, dtype: type, sequence_lengths: np.ndarray,
 
 
 def merge_stream(parts: Sequence[StreamShard], prefix: str | Path, dtype: type) -> Tuple[int, int]:
-    """Concatenate the parts (in order) into ``prefix.bin/.idx``; returns (documents, tokens)."""
+    """Concatenate the parts (in order) into ``prefix.bin/.idx``; returns (documents, tokens).
+
+    Each part's size is checked against its lengths first: a part left short on disk (a shard's files copied or
+    written incompletely) is refused naming it, instead of shifting every later document.
+    """
     prefix = str(prefix)
+    itemsize = np.dtype(dtype).itemsize
+    for p in parts:
+        expected, actual = int(p.sequence_lengths.astype(np.int64).sum()) * itemsize, os.path.getsize(p.bin_path)
+        if actual != expected:
+            raise TruncatedDataset(f"{p.bin_path}: expected {expected} bytes ({len(p.sequence_lengths)} sequences "
+                                   f"of {np.dtype(dtype).name}), found {actual}: rerun the step that wrote it")
     with open(prefix + ".bin", "wb") as out:
         for p in parts:
             with open(p.bin_path, "rb") as fh:

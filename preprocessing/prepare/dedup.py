@@ -88,6 +88,25 @@ def signature(us: Units, lang: str, cfg: PrepareConfig) -> str:
     return base64.b64encode(values.tobytes()).decode("ascii")
 
 
+def signature_dtype(cfg: PrepareConfig) -> np.dtype:
+    """Little-endian dtype of the MinHash values (datasketch's scheme decides their width)."""
+    return _template(cfg.num_perm, cfg.seed).hashvalues.dtype.newbyteorder("<")
+
+
+def decode_signature(sig: str, cfg: PrepareConfig, where: str) -> np.ndarray:
+    """The hash values of a ``signature`` string; a wrong length names ``where`` (a document or a file line)."""
+    values = np.frombuffer(base64.b64decode(sig), dtype=signature_dtype(cfg))
+    if len(values) != cfg.num_perm:
+        raise ValueError(f"{where}: MinHash has {len(values)} values, expected {cfg.num_perm}")
+    return values
+
+
+def similar(count, num_perm: int, threshold: float):
+    """Whether ``count`` equal hash values out of ``num_perm`` reach ``threshold``: the float comparison
+    ``Deduplicator`` makes (numpy's mean of booleans is count / num_perm, correctly rounded like this division)."""
+    return count / num_perm >= threshold
+
+
 def band_shape(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[int, int]:
     """(bands, rows per band): the most rows per band (fewest false candidates) such that a pair of Jaccard
     similarity ``threshold`` still shares a band with probability >= ``recall``: 1 - (1 - t^r)^b."""
@@ -107,8 +126,9 @@ class Deduplicator:
     estimate of the Jaccard similarity (share of equal hash values) reaches ``near_dup_threshold``. Why not
     ``MinHashLSH(threshold=...)`` alone: its default bands are an S-curve centred on the threshold (at 0.85 with
     128 permutations it flags a pair of true Jaccard 0.925 only 93% of the time), and its answers are candidates,
-    not verified duplicates. Memory: the LSH tables (datasketch's in-memory storage, ~7 KB per kept document;
-    its ``storage_config`` can move them to Redis for corpora beyond one node's RAM) plus the signatures here.
+    not verified duplicates. Memory: the LSH tables (datasketch's in-memory storage) plus the signatures here, about
+    7 KB per kept document; for corpora beyond that, ``preprocessing.prepare.staged`` makes the same decisions as
+    Slurm array stages with bounded memory per task.
     """
 
     def __init__(self, cfg: PrepareConfig):
@@ -116,7 +136,7 @@ class Deduplicator:
 
         self.cfg = cfg
         t = _template(cfg.num_perm, cfg.seed)
-        self._dtype = t.hashvalues.dtype.newbyteorder("<")
+        self._dtype = signature_dtype(cfg)
         self._scheme = _scheme(t)
         self.exact: dict[str, int] = {}
         self.near = cfg.near_dup_threshold < 1  # else exact dedup only
@@ -136,9 +156,7 @@ class Deduplicator:
         if not self.near:
             self.exact[key] = ordinal
             return None
-        values = np.frombuffer(base64.b64decode(sig), dtype=self._dtype)
-        if len(values) != self.cfg.num_perm:
-            raise ValueError(f"document #{ordinal}: MinHash has {len(values)} values, expected {self.cfg.num_perm}")
+        values = decode_signature(sig, self.cfg, f"document #{ordinal}")
         minhash = LeanMinHash(seed=self.cfg.seed, hashvalues=values, **self._scheme)
         candidates = self.lsh.query(minhash)
         if candidates:

@@ -160,36 +160,84 @@ def run_shard(sources: list[Source], out_dir: str | Path, cfg: PrepareConfig, sh
 
 
 # --- the merge -------------------------------------------------------------------------------------------------
+def shard_report(out: Path, s: Shard) -> dict:
+    """The report of shard ``s`` (its presence means the shard finished)."""
+    path = shard_path(out / SHARD_REPORT, s)
+    if not path.exists():
+        raise ShardError(f"{path} is missing: shard {s.index}/{s.count} has not finished (rerun it with "
+                         f"--shard {s.index}/{s.count})")
+    rep = json.loads(path.read_text(encoding="utf-8"))
+    if rep.get("shard") != [s.index, s.count]:
+        raise ShardError(f"{path}: written by shard {rep.get('shard')}, expected {[s.index, s.count]}")
+    return rep
+
+
 def _shard_reports(out: Path, count: int) -> list[dict]:
     reports = []
     for s in Shard(0, count).all():
-        path = shard_path(out / SHARD_REPORT, s)
-        if not path.exists():
-            raise ShardError(f"{path} is missing: shard {s.index}/{s.count} has not finished (rerun it with "
-                             f"--shard {s.index}/{s.count})")
-        rep = json.loads(path.read_text(encoding="utf-8"))
-        if rep.get("shard") != [s.index, s.count]:
-            raise ShardError(f"{path}: written by shard {rep.get('shard')}, expected {[s.index, s.count]}")
+        rep = shard_report(out, s)
         if reports and (rep["config"], rep["sources"]) != (reports[0]["config"], reports[0]["sources"]):
-            raise ShardError(f"{path}: shard {s.index} ran with other settings or sources than shard 0; rerun it")
+            raise ShardError(f"{shard_path(out / SHARD_REPORT, s)}: shard {s.index} ran with other settings or "
+                             "sources than shard 0; rerun it")
         reports.append(rep)
     return reports
 
 
-@single_writer(lambda a: merge_targets(a["out_dir"], a["count"]))
-def merge(out_dir: str | Path, count: int = 1, progress: bool = False) -> dict:
-    """Join the shard outputs in global order, drop exact and near duplicates, chunk, write the final files."""
-    out = Path(out_dir)
+def settings_of(out: Path, count: int) -> tuple[PrepareConfig, dict[str, Source], dict]:
+    """The shards' common settings, sources (by name) and summed counts; every shard report must exist and agree."""
     reports = _shard_reports(out, count)
     cfg = PrepareConfig(**reports[0]["config"])
     sources = {d["name"]: Source(**d) for d in reports[0]["sources"]}
-    counts = merge_counts([r["counts"] for r in reports])
+    return cfg, sources, merge_counts([r["counts"] for r in reports])
+
+
+def per_source_table(sources: dict[str, Source], counts: dict) -> dict:
+    """The report's ``per_source`` before the dedup: read and filter drops from the shard reports, the rest 0."""
+    return {name: {"kind": s.kind, "lang": s.lang, "read": counts[name]["read"],
+                   "dropped": {**counts[name]["dropped"], **{r: 0 for r in DEDUP_REASONS}},
+                   "kept": 0, "chunks": 0} for name, s in sources.items()}
+
+
+def kept_lines(rec: dict, cfg: PrepareConfig, kind: str) -> list[str]:
+    """The ``documents.jsonl`` lines of a kept candidate record: its chunks."""
+    return [_line({"id": rec["id"], "source": rec["source"], "kind": kind, "lang": rec["lang"], "text": piece,
+                   "chunk_id": i}) for i, piece in enumerate(chunk(rec["text"], cfg.max_chars))]
+
+
+def dedup_reject_line(rec: dict, reason: str, of: tuple[str, str]) -> str:
+    """The ``rejects.jsonl`` line of a candidate dropped as a duplicate of ``of`` = (source, id)."""
+    return _line({"ordinal": rec["ordinal"], "source": rec["source"], "id": rec["id"], "reason": reason,
+                  "duplicate_of": {"source": of[0], "id": of[1]}, "preview": rec["text"][:PREVIEW]})
+
+
+def write_report(out: Path, per_source: dict, cfg: PrepareConfig, count: int) -> dict:
+    """``report.json`` from the final per-source table, then the merged intermediates out (``shards/`` stays, so a
+    merge can be rerun)."""
+    report = {"read": {n: p["read"] for n, p in per_source.items()},
+              "dropped": {r: sum(p["dropped"][r] for p in per_source.values()) for r in REASONS},
+              "kept_documents": sum(p["kept"] for p in per_source.values()),
+              "chunks": sum(p["chunks"] for p in per_source.values()),
+              "per_source": per_source, "config": asdict(cfg)}
+    with AtomicFiles(out / "report.json") as (f,):
+        f.write(json.dumps(report, ensure_ascii=False, indent=1, sort_keys=True) + "\n")
+    for name in (CANDIDATES, FILTER_REJECTS) + ((SHARD_REPORT,) if count == 1 else ()):
+        (out / name).unlink(missing_ok=True)
+    return report
+
+
+@single_writer(lambda a: merge_targets(a["out_dir"], a["count"]))
+def merge(out_dir: str | Path, count: int = 1, progress: bool = False) -> dict:
+    """Join the shard outputs in global order, drop exact and near duplicates, chunk, write the final files.
+
+    One process holds every kept document's dedup state (``Deduplicator``): fine up to a few million documents;
+    beyond, the staged dedup (``preprocessing.prepare.staged``) makes the same decisions in bounded memory per task.
+    """
+    out = Path(out_dir)
+    cfg, sources, counts = settings_of(out, count)
     if count > 1:
         for name in (CANDIDATES, FILTER_REJECTS):
             merge_jsonl(out / name, count, key=lambda r: r["ordinal"])
-    per_source = {name: {"kind": s.kind, "lang": s.lang, "read": counts[name]["read"],
-                         "dropped": {**counts[name]["dropped"], **{r: 0 for r in DEDUP_REASONS}},
-                         "kept": 0, "chunks": 0} for name, s in sources.items()}
+    per_source = per_source_table(sources, counts)
     dedup = Deduplicator(cfg)
     kept: dict[int, tuple[str, str]] = {}  # ordinal -> (source, id) of kept documents
     kept_ids: set[tuple[str, str]] = set()
@@ -206,43 +254,44 @@ def merge(out_dir: str | Path, count: int = 1, progress: bool = False) -> dict:
             if verdict:
                 reason, first = verdict
                 per_source[name]["dropped"][reason] += 1
-                of_source, of_id = kept[first]
-                rej_f.write(_line({"ordinal": ordinal, "source": name, "id": doc_id, "reason": reason,
-                                   "duplicate_of": {"source": of_source, "id": of_id},
-                                   "preview": rec["text"][:PREVIEW]}))
+                rej_f.write(dedup_reject_line(rec, reason, kept[first]))
             else:
                 if (name, doc_id) in kept_ids:
-                    raise InputError(f"source {name!r} ({sources[name].path}): duplicate document id {doc_id!r}")
+                    raise duplicate_id_error(sources[name], doc_id)
                 kept_ids.add((name, doc_id))
                 kept[ordinal] = (name, doc_id)
-                pieces = chunk(rec["text"], cfg.max_chars)
-                for i, piece in enumerate(pieces):
-                    docs_f.write(_line({"id": doc_id, "source": name, "kind": sources[name].kind,
-                                        "lang": rec["lang"], "text": piece, "chunk_id": i}))
+                pieces = kept_lines(rec, cfg, sources[name].kind)
+                docs_f.writelines(pieces)
                 per_source[name]["kept"] += 1
                 per_source[name]["chunks"] += len(pieces)
             bar.update(1)
         while pending is not None:
             rej_f.write(_line(pending))
             pending = next(filtered, None)
-    report = {"read": {n: p["read"] for n, p in per_source.items()},
-              "dropped": {r: sum(p["dropped"][r] for p in per_source.values()) for r in REASONS},
-              "kept_documents": sum(p["kept"] for p in per_source.values()),
-              "chunks": sum(p["chunks"] for p in per_source.values()),
-              "per_source": per_source, "config": asdict(cfg)}
-    with AtomicFiles(out / "report.json") as (f,):
-        f.write(json.dumps(report, ensure_ascii=False, indent=1, sort_keys=True) + "\n")
-    for name in (CANDIDATES, FILTER_REJECTS) + ((SHARD_REPORT,) if count == 1 else ()):
-        (out / name).unlink(missing_ok=True)  # intermediates (shards/ stays, so a merge can be rerun)
-    return report
+    return write_report(out, per_source, cfg, count)
+
+
+def duplicate_id_error(src: Source, doc_id: str) -> InputError:
+    return InputError(f"source {src.name!r} ({src.path}): duplicate document id {doc_id!r}")
 
 
 @single_writer(lambda a: writer_target(a["out_dir"], a["shard"] or Shard()))
 def run(sources_file: str | Path, out_dir: str | Path, cfg: PrepareConfig, shard: Optional[Shard] = None,
-        workers: int = 1, progress: bool = False, allow_empty: bool = False) -> dict:
-    """``prepare`` as the CLI runs it: the shard pass, then (unsharded) the merge; returns the report written."""
+        workers: int = 1, progress: bool = False, allow_empty: bool = False, dedup_partitions: int = 0
+        ) -> dict:
+    """``prepare`` as the CLI runs it: the shard pass, then (unsharded) the merge; returns the report written.
+
+    ``dedup_partitions`` P > 0 uses the staged dedup instead of the merge (same bytes): unsharded, all its stages
+    run here in sequence; sharded, this shard's ``signatures`` stage runs after its shard pass.
+    """
+    from preprocessing.prepare import staged
     from preprocessing.prepare.config import load_sources
 
     shard = shard or Shard()
     report = run_shard(load_sources(sources_file), out_dir, cfg, shard, workers, progress, allow_empty)
+    if dedup_partitions:
+        if shard.whole:
+            return staged.run_all(out_dir, 1, dedup_partitions)
+        staged.signatures(out_dir, shard, dedup_partitions)
+        return report
     return merge(out_dir, 1, progress) if shard.whole else report

@@ -130,7 +130,27 @@ def test_verify_tiny_baichuan2_13b_with_flex_attention(tmp_path):
     imp = cli("import", "--hf", str(hf), "--arch", arch.name, "--out", str(tmp_path / "mc"))
     assert imp.returncode == 0, imp.stderr[-3000:]
     ok = cli("verify", "--ckpt", str(tmp_path / "mc"), "--hf", str(hf), "--arch", arch.name, "--tol", "1e-4",
-             "--attention-backend", "flex", "--tokens", *map(str, range(5, 500, 23)))
+             "--attention-backend", "flex", "--trust-remote-code", "--tokens", *map(str, range(5, 500, 23)))
     assert ok.returncode == 0, ok.stderr[-3000:] + ok.stdout[-2000:]
     diff, agree, positions = figures(ok.stdout)
     assert diff < 1e-4 and agree == 1.0 and positions == 22
+
+
+def test_baichuan_remote_code_needs_what_its_modeling_file_imports(tmp_path):
+    """transformers refuses a remote-code directory that lacks a module its modeling file imports relatively (also
+    inside a function, as Baichuan2's ``quantize`` does); without a modeling file the released set is named."""
+    from checkpoints_tools.verify import _hf_kind
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "baichuan"}))
+    with pytest.raises(ValueError, match="lacks configuration_baichuan.py, modeling_baichuan.py, generation_utils.py"):
+        _hf_kind(tmp_path)
+    (tmp_path / "configuration_baichuan.py").write_text("from transformers import PretrainedConfig\n")
+    (tmp_path / "modeling_baichuan.py").write_text(
+        "from .configuration_baichuan import BaichuanConfig\n\ndef quantize(self):\n"
+        "    from .quantizer_int4 import quantize_offline\n")
+    with pytest.raises(ValueError, match=r"lacks quantizer_int4\.py \("):
+        _hf_kind(tmp_path)
+    (tmp_path / "quantizer_int4.py").write_text("")
+    with pytest.raises(ValueError, match="--trust-remote-code"):
+        _hf_kind(tmp_path)
+    assert _hf_kind(tmp_path, trust_remote_code=True) == "baichuan"

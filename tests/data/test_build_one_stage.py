@@ -108,3 +108,31 @@ def test_inspect_prints_the_mixture(dataset_dir, capsys):
 def test_bad_directory_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         build_one_stage_dataset(str(tmp_path), 64, seed=1)
+
+
+def test_shards_and_build_merge_write_the_unsharded_files(tmp_path, tiny_tokenizer, dataset_dir, monkeypatch, capsys):
+    from preprocessing.dataset import shards
+    from preprocessing.dataset.build import merge_shards, shards_dir
+    from preprocessing.dataset.cli import main
+    from preprocessing.sharding import Shard, ShardError
+
+    monkeypatch.setattr(shards, "MIN_RANGE_BYTES", 4096)  # many ranges, spread over the shards
+    assert len(shards.plan_ranges([str(PAIRS), str(SFT)], 3)) > 6
+    out = tmp_path / "ds"
+    cfg = BuildConfig([str(PAIRS)], [str(SFT)], str(tiny_tokenizer), 512, 7, str(out), workers=2)
+    for s in (Shard(0, 3), Shard(2, 3)):
+        build(cfg, s)
+    with pytest.raises(ShardError, match=r"shard 1/3 has not finished \(rerun it with --shard 1/3\)"):
+        merge_shards(out, 3)
+    build(BuildConfig([str(PAIRS)], [str(SFT)], str(tiny_tokenizer), 256, 7, str(out)), Shard(1, 3))
+    with pytest.raises(ShardError, match="shard 1 ran with other settings or inputs than shard 0"):
+        merge_shards(out, 3)
+    build(cfg, Shard(1, 3))  # the rerun replaces the mismatched shard
+    assert main(["build-merge", "--out", str(out), "--shards", "3"]) == 0, capsys.readouterr().err
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    ref = sorted(str(p.relative_to(dataset_dir)) for p in dataset_dir.rglob("*") if p.is_file())
+    assert [n for n in names if "/" not in n] == [n for n in ref if "/" not in n]
+    assert any(n.startswith("order_index/") for n in names) and set(names) <= set(ref)  # other tests add indexes
+    for name in names:  # the manifest too
+        assert (out / name).read_bytes() == (dataset_dir / name).read_bytes(), name
+    assert sorted(p.name for p in shards_dir(out).iterdir()) == [s.name for s in Shard(0, 3).all()]

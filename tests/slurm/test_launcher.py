@@ -64,3 +64,27 @@ def test_shards_refuses_inconsistent_requests():
     assert proc.returncode == 2 and "--shards 2 but the array has 3" in proc.stderr
     proc = shards("--shards", 2, "--dry-run", "--", "preprocessing", "prepare", "--shard", "0/2")
     assert proc.returncode == 2 and "must not carry --shard" in proc.stderr
+
+
+def test_shards_chain_of_stages_each_waiting_for_the_previous():
+    proc = shards("--shards", 2, "--dry-run",
+                  "--then", "3: preprocessing prepare-dedup pairs --out prep --shards 2 --partition {task}",
+                  "--then", "preprocessing prepare-dedup decide --out prep --shards 2 --partitions 3",
+                  "--then", "2: preprocessing prepare-dedup write --out prep",
+                  "--merge", "preprocessing prepare-dedup join --out prep --shards 2",
+                  "--", "preprocessing", "prepare", "--sources", "s.yaml", "--out", "prep", "--dedup-partitions", "3")
+    assert proc.returncode == 0, proc.stderr
+    comment, *cmds = proc.stdout.strip().splitlines()
+    assert comment == "# 2 array task(s), then 3 further stage(s), then the merge once all succeeded"
+    cmds = [shlex.split(c) for c in cmds]
+    step = str(REPO_ROOT / "slurm" / "step.sbatch")
+    task = "${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}"
+    assert [c[c.index(step) + 1:][-2:] for c in cmds] == [["--shard", task], ["--partition", task],
+                                                         ["--partitions", "3"], ["--shard", task], ["--shards", "2"]]
+    assert [next((a for a in c if a.startswith("--array=")), None) for c in cmds] == \
+        ["--array=0-1", "--array=0-2", None, "--array=0-1", None]
+    assert [next((a for a in c if a.startswith("--dependency=")), None) for c in cmds] == \
+        [None, "--dependency=afterok:<ARRAY_JOB_ID>", "--dependency=afterok:<STAGE1_JOB_ID>",
+         "--dependency=afterok:<STAGE2_JOB_ID>", "--dependency=afterok:<STAGE3_JOB_ID>"]
+    proc = shards("--shards", 2, "--dry-run", "--then", "2: preprocessing x --shard 0/2", "--", "preprocessing", "y")
+    assert proc.returncode == 2 and "stage 2: the stage command must not carry --shard" in proc.stderr

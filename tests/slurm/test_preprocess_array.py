@@ -27,28 +27,57 @@ def _sources(path):
     return path
 
 
-def test_prepare_array_and_merge_equal_an_unsharded_run(slurm_env, tmp_path):
+def _reference(tmp_path):
+    """(sources file, output directory of an unsharded ``prepare`` run on this machine)."""
     tmp_path.chmod(0o777)
     sources = _sources(tmp_path / "sources.json")
     ref = tmp_path / "ref"
     subprocess.run([sys.executable, "-m", "preprocessing", "prepare", "--sources", str(sources), "--out", str(ref),
                     "--quiet"], cwd=REPO_ROOT, check=True, capture_output=True)
+    return sources, ref
 
-    out = tmp_path / "sharded"
+
+def _submit_and_wait(env, tmp_path, job_name: str, launcher_args: list, jobs: int, timeout: float) -> None:
+    """``slurm shards --job-name JOB_NAME ARGS``; wait for its last job; every one of ``jobs`` steps exited 0."""
     proc = subprocess.run(
-        [sys.executable, "-m", "megatron_huatuo.slurm", "shards", "--shards", "3", "--cpus-per-task", "1",
-         "--job-name", "prep", f"--sbatch-arg=--output={tmp_path}/%x-%A_%a.out", f"--sbatch-arg=--chdir={REPO_ROOT}",
-         "--merge", f"preprocessing prepare-merge --out {out} --shards 3 --quiet",
-         "--", "preprocessing", "prepare", "--sources", str(sources), "--out", str(out), "--quiet"],
-        env=slurm_env, cwd=REPO_ROOT, capture_output=True, text=True)
+        [sys.executable, "-m", "megatron_huatuo.slurm", "shards", "--cpus-per-task", "1", "--job-name", job_name,
+         f"--sbatch-arg=--output={tmp_path}/%x-%A_%a.out", f"--sbatch-arg=--chdir={REPO_ROOT}", *launcher_args],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    merge_job = proc.stdout.strip().splitlines()[-1].split()[-1]
-    wait_for(lambda: job_state(slurm_env, merge_job) in ("COMPLETED", "FAILED", "CANCELLED", "GONE"), 240,
-             "the merge job")
-    logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob("prep*.out")))
-    assert job_state(slurm_env, merge_job) in ("COMPLETED", "GONE"), logs[-3000:]
-    assert logs.count("step exited rc=0") == 4, logs[-3000:]  # three shards, then the merge
+    last = proc.stdout.strip().splitlines()[-1].split()[-1]
+    wait_for(lambda: job_state(env, last) in ("COMPLETED", "FAILED", "CANCELLED", "GONE"), timeout, "the last job")
+    logs = "\n".join(p.read_text() for p in sorted(tmp_path.glob(f"{job_name}*.out")))
+    assert job_state(env, last) in ("COMPLETED", "GONE"), logs[-3000:]
+    assert logs.count("step exited rc=0") == jobs, logs[-3000:]
+
+
+def test_prepare_array_and_merge_equal_an_unsharded_run(slurm_env, tmp_path):
+    sources, ref = _reference(tmp_path)
+    out = tmp_path / "sharded"
+    _submit_and_wait(slurm_env, tmp_path, "prep", [
+        "--shards", "3", "--merge", f"preprocessing prepare-merge --out {out} --shards 3 --quiet",
+        "--", "preprocessing", "prepare", "--sources", str(sources), "--out", str(out), "--quiet"],
+        jobs=4, timeout=240)  # three shards, then the merge
     produced = sorted(p.name for p in ref.iterdir() if p.is_file())
     assert "documents.jsonl" in produced
     for name in produced:
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+
+
+@pytest.mark.slow  # ten jobs (about a minute); the chain's stages are covered in-process by test_staged_dedup.py
+def test_staged_dedup_chain_equals_an_unsharded_run(slurm_env, tmp_path):
+    """``shards --then ... --merge``: prepare x2 (+ signatures) -> pairs x3 -> decide -> write x2 -> join, each
+    stage after the previous one with afterok; the bytes of an unsharded ``prepare``."""
+    sources, ref = _reference(tmp_path)
+    out = tmp_path / "staged"
+    dedup = f"preprocessing prepare-dedup {{}} --out {out}"
+    _submit_and_wait(slurm_env, tmp_path, "dedup", [
+        "--shards", "2",
+        "--then", "3: " + dedup.format("pairs") + " --shards 2 --partition {task}",
+        "--then", dedup.format("decide") + " --shards 2 --partitions 3",
+        "--then", "2: " + dedup.format("write"),
+        "--merge", dedup.format("join") + " --shards 2",
+        "--", "preprocessing", "prepare", "--sources", str(sources), "--out", str(out), "--quiet",
+        "--dedup-partitions", "3"], jobs=2 + 3 + 1 + 2 + 1, timeout=600)
+    for name in ("documents.jsonl", "rejects.jsonl", "report.json"):
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
