@@ -9,12 +9,24 @@ What differs (read from both wheels and run with both; docs/models.md):
 - megatron-core 0.17+ waits on ``torch.cuda.current_stream()`` before every gradient reduce: a CUDA-only call,
   mapped to a no-op stream by ``runtime/cpu.py`` on CPU machines (no effect on GPUs).
 - megatron-core 0.19 logs "GPTModel IS DEPRECATED" (in favour of ``HybridModel``) once per model built; GPTModel
-  still works unchanged, and every model is built in ``models/provider.py``, so the move is one file.
+  still works unchanged, and every model is built in ``models/provider.py``, so the move is one file;
+  :func:`gpt_model_class` filters that one message out (it went to stderr beside our one-line errors).
 - dist_checkpointing: 0.16 has strategy base classes (``strategies.base.SaveShardedStrategy``); 0.19 removed them,
   and ``dist_checkpointing.save`` silently replaces any strategy that is not a ``TorchDistSaveShardedStrategy``
-  with its default one (:func:`save_strategy_base`; the streaming import's writer subclasses it). 0.19 also stores
-  the common state as a sharded object instead of ``common.pt``; ``load_common_state_dict`` reads both.
+  with its default one (:func:`save_strategy_base`; the streaming import's writer subclasses it).
+- dist_checkpointing, common (non-sharded) state: 0.16 writes ``common.pt`` and ``load`` takes a ``common_strategy``;
+  0.19 writes it as the ``common_state`` ShardedObject inside the ``*.distcp`` files, has no common strategies, and
+  reads it in ``serialization.load_common_state_dict`` through torch's default planner (``weights_only=False``):
+  :func:`common_state_loading` puts our reader in either place. ``training/dcp_io.py`` reads both layouts on
+  both versions, safely (a 0.19-written checkpoint resumes on 0.16 and the reverse, same losses).
+- dist_checkpointing, reader: 0.19's ``_get_filesystem_reader`` takes ``async_strategy`` too, and its
+  ``CachedMetadataFileSystemReader`` caches ``.metadata`` per path for the whole process (0.16: per reader), so
+  the safe reader derives from torch's ``FileSystemReader`` and caches per reader itself.
 - torch: ``scaled_dot_product_attention(enable_gqa=...)`` and ``flex_attention`` exist from torch 2.5.
+
+Last checked 2026-12-03 (Python 3.11, torch 2.13.0 CPU): ``tests/models tests/training tests/checkpoints_tools
+tests/eval`` pass on megatron-core 0.16.1 (the venv) and on 0.19.2 (the unpacked wheel + ``triton`` 3.9.0 on
+PYTHONPATH: ``bench/mcore_019_check.sh``); counts in docs/models.md.
 """
 from __future__ import annotations
 
