@@ -200,7 +200,7 @@ def verify(ckpt: str, hf_dir: str, arch_name: Optional[str], options: VerifyOpti
             raise
         arch = hfc.arch_from_config(hf)
     vocab = _embedding_meta(path, options.trust).global_shape[0]  # reads .metadata (allow-list unpickler)
-    dcp_io.load_common_state_dict(path, trust=options.trust)  # common.pt refused here, before any model runs
+    dcp_io.load_common_state_dict(path, trust=options.trust)  # crafted common state refused before any model runs
     if vocab != arch.vocab_size:
         arch = arch.with_overrides(vocab_size=vocab)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(options.dtype)

@@ -9,16 +9,30 @@ What differs (read from both wheels and run with both; docs/models.md):
 - megatron-core 0.17+ waits on ``torch.cuda.current_stream()`` before every gradient reduce: a CUDA-only call,
   mapped to a no-op stream by ``runtime/cpu.py`` on CPU machines (no effect on GPUs).
 - megatron-core 0.19 logs "GPTModel IS DEPRECATED" (in favour of ``HybridModel``) once per model built; GPTModel
-  still works unchanged, and every model is built in ``models/provider.py``, so the move is one file.
+  still works unchanged, and every model is built in ``models/provider.py``, so the move is one file;
+  :func:`gpt_model_class` filters that one message out (it went to stderr beside our one-line errors).
 - dist_checkpointing: 0.16 has strategy base classes (``strategies.base.SaveShardedStrategy``); 0.19 removed them,
   and ``dist_checkpointing.save`` silently replaces any strategy that is not a ``TorchDistSaveShardedStrategy``
-  with its default one (:func:`save_strategy_base`; the streaming import's writer subclasses it). 0.19 also stores
-  the common state as a sharded object instead of ``common.pt``; ``load_common_state_dict`` reads both.
+  with its default one (:func:`save_strategy_base`; the streaming import's writer subclasses it).
+- dist_checkpointing, common (non-sharded) state: 0.16 writes ``common.pt`` and ``load`` takes a ``common_strategy``;
+  0.19 writes it as the ``common_state`` ShardedObject inside the ``*.distcp`` files, has no common strategies, and
+  reads it in ``serialization.load_common_state_dict`` through torch's default planner (``weights_only=False``):
+  :func:`common_state_loading` puts our reader in either place. ``training/dcp_io.py`` reads both layouts on
+  both versions, safely (a 0.19-written checkpoint resumes on 0.16 and the reverse, same losses).
+- dist_checkpointing, reader: 0.19's ``_get_filesystem_reader`` takes ``async_strategy`` too, and its
+  ``CachedMetadataFileSystemReader`` caches ``.metadata`` per path for the whole process (0.16: per reader), so
+  the safe reader derives from torch's ``FileSystemReader`` and caches per reader itself.
 - torch: ``scaled_dot_product_attention(enable_gqa=...)`` and ``flex_attention`` exist from torch 2.5.
+
+Last checked 2026-12-03 (Python 3.11, torch 2.13.0 CPU): ``tests/models tests/training tests/checkpoints_tools
+tests/eval`` pass on megatron-core 0.16.1 (the venv) and on 0.19.2 (the unpacked wheel + ``triton`` 3.9.0 on
+PYTHONPATH: ``bench/mcore_019_check.sh``); counts in docs/models.md.
 """
 from __future__ import annotations
 
-from typing import Tuple
+import contextlib
+import logging
+from typing import Callable, Iterator, Tuple
 
 import torch
 
@@ -64,6 +78,23 @@ def check_megatron_core() -> Tuple[int, ...]:
     return version
 
 
+class _DropGPTModelDeprecation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("GPTModel IS DEPRECATED")
+
+
+def gpt_model_class() -> type:
+    """megatron-core's ``GPTModel``, with 0.19's "GPTModel IS DEPRECATED" warning (logged to stderr at every
+    construction, in favour of ``HybridModel``) filtered out: GPTModel works unchanged on 0.19, the move is
+    tracked here, and our CLIs' errors stay one line. Other messages of that logger pass."""
+    from megatron.core.models.gpt import GPTModel
+
+    gpt_logger = logging.getLogger("megatron.core.models.gpt.gpt_model")
+    if not any(isinstance(f, _DropGPTModelDeprecation) for f in gpt_logger.filters):
+        gpt_logger.addFilter(_DropGPTModelDeprecation())
+    return GPTModel
+
+
 def save_strategy_base() -> type:
     """The class a custom ``torch_dist`` save strategy must derive from for ``dist_checkpointing.save`` to use it:
     ``SaveShardedStrategy`` (megatron-core 0.16) or ``TorchDistSaveShardedStrategy`` (0.19, which has no base
@@ -73,3 +104,35 @@ def save_strategy_base() -> type:
     except ImportError:
         from megatron.core.dist_checkpointing.strategies.torch import TorchDistSaveShardedStrategy as SaveShardedStrategy
     return SaveShardedStrategy
+
+
+@contextlib.contextmanager
+def common_state_loading(read: Callable[[str], dict]) -> Iterator[dict]:
+    """Within the block, megatron-core's ``dist_checkpointing.load`` reads a checkpoint's common (non-sharded)
+    state with ``read(checkpoint_dir)`` instead of its own unpickling; yields the keyword arguments to pass to it.
+
+    0.16 takes a ``common_strategy`` argument (a ``TorchCommonLoadStrategy``, whose ``load_common`` is ``read``).
+    0.19 has no common strategies: ``serialization.load`` calls its module function ``load_common_state_dict``
+    (``common.pt`` if present, else the ``common_state`` object through torch's default planner, which unpickles
+    with ``weights_only=False``), so that name is swapped for the block and restored after, also on error.
+    """
+    try:
+        from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy
+    except ImportError:  # 0.19
+        TorchCommonLoadStrategy = None
+    if TorchCommonLoadStrategy is None:
+        from megatron.core.dist_checkpointing import serialization
+
+        saved = serialization.load_common_state_dict
+        serialization.load_common_state_dict = read
+        try:
+            yield {}
+        finally:
+            serialization.load_common_state_dict = saved
+        return
+
+    class _ReadCommon(TorchCommonLoadStrategy):
+        def load_common(self, checkpoint_dir):
+            return read(checkpoint_dir)
+
+    yield {"common_strategy": _ReadCommon()}

@@ -231,9 +231,10 @@ def build_model(
     Baichuan2 gets the NormHead output layer; ALiBi architectures get no rotary embedding.
     ``attention_backend``/``transformer_impl``/``masked_segments``: from ``models.attention.build_kwargs``.
     """
-    from megatron.core.models.gpt import GPTModel
-
+    from megatron_huatuo.compat import gpt_model_class
     from megatron_huatuo.models.norm_head import NormHeadColumnParallelLinear
+
+    GPTModel = gpt_model_class()  # noqa: N806 (0.19's deprecation warning filtered: compat.py)
 
     arch = _as_arch(arch)
     if arch.norm_head and arch.tie_embeddings:

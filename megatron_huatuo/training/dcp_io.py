@@ -44,17 +44,16 @@ import torch
 import torch.distributed.checkpoint.metadata as dcp_metadata
 import torch.distributed.checkpoint.planner as dcp_planner
 from megatron.core import dist_checkpointing
-from megatron.core.dist_checkpointing.mapping import CheckpointingException
+from megatron.core.dist_checkpointing.mapping import CheckpointingException, ShardedObject
 from megatron.core.dist_checkpointing.strategies import torch as mcore_torch
-from megatron.core.dist_checkpointing.strategies.common import COMMON_STATE_FNAME, TorchCommonLoadStrategy
-from megatron.core.dist_checkpointing.strategies.cached_metadata_filesystem_reader import (
-    CachedMetadataFileSystemReader)
-from torch.distributed.checkpoint import FileSystemWriter
+from megatron.core.dist_checkpointing.strategies.common import COMMON_STATE_FNAME
+from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import StorageMeta
 
-from megatron_huatuo.compat import save_strategy_base
+from megatron_huatuo.compat import common_state_loading, save_strategy_base
 
 SaveShardedStrategy = save_strategy_base()  # 0.16's base class, 0.19's torch_dist strategy (compat.py)
 
@@ -136,18 +135,26 @@ def safe_torch_load(source, what: str, **kwargs):
                                         f"plain containers and the RNG state's NumPy arrays); {TRUST_HINT}") from None
 
 
-class _SafeReader(CachedMetadataFileSystemReader):
+class _SafeReader(FileSystemReader):
+    """torch's reader with ``.metadata`` through the allow-list (read once per reader)."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self._safe_metadata = None
+
     def read_metadata(self, *args, **kwargs) -> dcp_metadata.Metadata:
-        if self._cached_metadata is None:
+        if self._safe_metadata is None:
             metadata = read_metadata(Path(self.path) / ".metadata")
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
-            self._cached_metadata = metadata
-        return self._cached_metadata
+            self._safe_metadata = metadata
+        return self._safe_metadata
 
 
-class _SafeLoadPlanner(mcore_torch.MCoreLoadPlanner):
+class _SafeBytes:
+    """Planner mixin: byte items (ShardedObjects) unpickled weights-only instead of ``weights_only=False``."""
+
     def load_bytes(self, read_item, value: io.BytesIO) -> None:
         fqn = read_item.dest_index.fqn
         obj = safe_torch_load(value, f"checkpoint object {fqn!r}")
@@ -159,32 +166,50 @@ class _SafeLoadPlanner(mcore_torch.MCoreLoadPlanner):
             self.state_dict[fqn] = obj
 
 
-class _SafeCommonLoadStrategy(TorchCommonLoadStrategy):
-    def load_common(self, checkpoint_dir):
-        path = Path(checkpoint_dir) / COMMON_STATE_FNAME
-        if not path.exists():
-            raise CheckpointingException(f"Common file {path} does not exist")
-        return safe_torch_load(str(path), str(path), map_location="cpu")
-
-    def load_sharded_objects(self, sharded_objects_state_dict, checkpoint_dir):  # only other backends get here
-        raise UnsafeCheckpointError(f"{checkpoint_dir}: sharded objects outside torch_dist files; {TRUST_HINT}")
+class _SafeLoadPlanner(_SafeBytes, mcore_torch.MCoreLoadPlanner):
+    pass
 
 
-class _TrustedCommonLoadStrategy(TorchCommonLoadStrategy):
-    """Trusted: ``common.pt`` unpickled without restriction (torch's default is weights-only, which refuses e.g.
-    Megatron-LM's ``args`` namespace)."""
+class _SafeCommonPlanner(_SafeBytes, DefaultLoadPlanner):
+    pass
 
-    def load_common(self, checkpoint_dir):
-        return torch.load(Path(checkpoint_dir) / COMMON_STATE_FNAME, map_location="cpu", weights_only=False)
+
+# megatron-core 0.19+ stores the common state as this ShardedObject inside the torch_dist files (0.16: common.pt)
+COMMON_STATE_KEY = ShardedObject("common_state", None, (1,), (0,)).unique_key
+
+
+def _read_common(checkpoint_dir, trust: bool) -> dict:
+    """The common state of either layout, whichever megatron-core is installed: ``common.pt`` (written by 0.16)
+    or the ``common_state`` object (0.19). Safe: weights-only unpickling and the allow-listed ``.metadata``;
+    ``trust``: unrestricted (Megatron-LM's ``args`` namespace, for instance)."""
+    directory = Path(checkpoint_dir)
+    legacy = directory / COMMON_STATE_FNAME
+    if legacy.exists():
+        if trust:
+            return torch.load(legacy, map_location="cpu", weights_only=False)
+        return safe_torch_load(str(legacy), str(legacy), map_location="cpu")
+    reader, planner = (FileSystemReader(str(directory)), DefaultLoadPlanner()) if trust else \
+        (_SafeReader(directory), _SafeCommonPlanner())
+    if COMMON_STATE_KEY not in reader.read_metadata().state_dict_metadata:
+        raise CheckpointingException(f"{directory}: no {COMMON_STATE_FNAME} and no {COMMON_STATE_KEY!r} object in "
+                                     f"its .metadata (not a megatron-core dist_checkpointing directory?)")
+    state = {COMMON_STATE_KEY: io.BytesIO()}
+    try:
+        torch.distributed.checkpoint.load(state, storage_reader=reader, planner=planner, no_dist=True)
+    except CheckpointException as err:
+        raise _unwrapped(err, directory) from None
+    return state[COMMON_STATE_KEY][0]  # megatron-core saves a ShardedObject as the list of its ranks' data
 
 
 @contextlib.contextmanager
 def _safe_reading():
     saved = mcore_torch._get_filesystem_reader, mcore_torch.MCoreLoadPlanner
-    mcore_torch._get_filesystem_reader = lambda checkpoint_dir, cache_metadata=False: _SafeReader(checkpoint_dir)
+    # 0.16 calls it with (dir, cache_metadata=...), 0.19 also with async_strategy=...: one safe reader for all
+    mcore_torch._get_filesystem_reader = lambda checkpoint_dir, *args, **kwargs: _SafeReader(checkpoint_dir)
     mcore_torch.MCoreLoadPlanner = _SafeLoadPlanner
     try:
-        yield
+        with common_state_loading(lambda checkpoint_dir: _read_common(checkpoint_dir, trust=False)) as kwargs:
+            yield kwargs
     finally:
         mcore_torch._get_filesystem_reader, mcore_torch.MCoreLoadPlanner = saved
 
@@ -220,26 +245,26 @@ def _unwrapped(err: CheckpointException, checkpoint_dir) -> BaseException:
 
 
 def load(sharded_state_dict, checkpoint_dir, trust: bool = False, **kwargs):
-    """``dist_checkpointing.load`` with the safe unpicklers (``trust``: megatron-core's own, ``common.pt``
+    """``dist_checkpointing.load`` with the safe unpicklers (``trust``: megatron-core's own, the common state
     unrestricted too)."""
     if trust:
-        return dist_checkpointing.load(sharded_state_dict, str(checkpoint_dir),
-                                       common_strategy=_TrustedCommonLoadStrategy(), **kwargs)
+        with common_state_loading(lambda directory: _read_common(directory, trust=True)) as common:
+            return dist_checkpointing.load(sharded_state_dict, str(checkpoint_dir), **common, **kwargs)
     _preflight(checkpoint_dir)
     try:
-        with _safe_reading():
+        with _safe_reading() as common:
             return dist_checkpointing.load(sharded_state_dict, str(checkpoint_dir),
                                            sharded_strategy=mcore_torch.TorchDistLoadShardedStrategy(),
-                                           common_strategy=_SafeCommonLoadStrategy(), **kwargs)
+                                           **common, **kwargs)
     except CheckpointException as err:
         raise _unwrapped(err, checkpoint_dir) from None
 
 
 def load_common_state_dict(checkpoint_dir, trust: bool = False) -> dict:
-    if trust:
-        return _TrustedCommonLoadStrategy().load_common(checkpoint_dir)
-    _check_backend(checkpoint_dir)
-    return _SafeCommonLoadStrategy().load_common(checkpoint_dir)
+    """The common (non-sharded) state, from ``common.pt`` or 0.19's ``common_state`` object."""
+    if not trust:
+        _check_backend(checkpoint_dir)
+    return _read_common(checkpoint_dir, trust)
 
 
 def load_tensors_metadata(checkpoint_dir, trust: bool = False) -> dict:

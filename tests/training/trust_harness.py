@@ -124,16 +124,19 @@ def load_checks(tmp: str) -> dict:
     def evil_metadata(d):
         (d / ".metadata").write_bytes(__import__("pickle").dumps(Payload(root / "pwned-metadata")))
 
-    def evil_common(d):
-        common = torch.load(d / "common.pt", weights_only=True)
-        common["scheduler"]["note"] = Payload(root / "pwned-common")
-        torch.save(common, d / "common.pt")
-
     garbage = _crafted(root, "garbage-metadata", lambda d: (d / ".metadata").write_bytes(b"\x80\x04garbage"))
     out["resume_garbage_metadata"] = _call(checkpointing.load, str(garbage), 1, chunks, optimizer, scheduler)
-    crafted = {"metadata": _crafted(root, "evil-metadata", evil_metadata),
-               "common": _crafted(root, "evil-common", evil_common)}
-    original = checkpointing.capture_rng  # a per-rank RNG object (a ShardedObject inside *.distcp) that runs code
+    crafted = {"metadata": _crafted(root, "evil-metadata", evil_metadata)}
+    # the common state (common.pt with megatron-core 0.16, the 'common_state' object inside *.distcp with 0.19)
+    # and a per-rank RNG object (a ShardedObject inside *.distcp), each holding an object that runs code
+    scheduler_state = scheduler.state_dict
+    scheduler.state_dict = lambda: {**scheduler_state(), "note": Payload(root / "pwned-common")}
+    try:
+        checkpointing.save(str(root / "evil-common"), 1, chunks, optimizer, scheduler, consumed_samples=2)
+    finally:
+        del scheduler.state_dict
+    crafted["common"] = root / "evil-common"
+    original = checkpointing.capture_rng
     checkpointing.capture_rng = lambda: {"random": Payload(root / "pwned-rng")}
     try:
         checkpointing.save(str(root / "evil-rng"), 1, chunks, optimizer, scheduler, consumed_samples=2)
