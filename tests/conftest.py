@@ -35,3 +35,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``make test`` runs the suite on 2 pytest-xdist workers: each test file stays on one worker (its module
+    fixtures are built once), and every test of ``tests/slurm`` goes to the same worker, because they share the one
+    local Slurm cluster that a worker's session starts and stops."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileScopeSlurmTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "tests/slurm/" if path.startswith("tests/slurm/") else path
+
+    return FileScopeSlurmTogether(config, log)
