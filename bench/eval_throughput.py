@@ -14,10 +14,10 @@ seconds of the process tree (the box may be shared: CPU seconds are the steadier
 predictions with the largest difference of per-option log-probabilities.
 
 lm-eval is NOT a project dependency: install it in a separate virtual environment and pass its python, e.g.
-``python -m venv /tmp/lmeval && /tmp/lmeval/bin/pip install lm-eval`` (it needs torch and transformers there; a
+``python -m venv ~/lmeval && ~/lmeval/bin/pip install lm-eval`` (it needs torch and transformers there; a
 ``.pth`` file pointing at this project's site-packages reuses them).
 
-Usage: python bench/eval_throughput.py --questions medqa-usmle.test.jsonl --lm-eval-python /tmp/lmeval/bin/python
+Usage: python bench/eval_throughput.py --questions medqa-usmle.test.jsonl --lm-eval-python ~/lmeval/bin/python
        [--limit 300] [--size small] [--batch-size 8] [--workdir DIR]
 """
 from __future__ import annotations
