@@ -3,7 +3,7 @@
 - ``manifest.json``: ``format_version``, ``tokenizer``, ``template``, ``seq_length``, ``seed``, ``eos_id``,
   ``vocab_size``, ``inputs`` (files and row counts), ``sources`` (one per kind: ``name``, ``kind``, ``prefix``,
   ``documents``, ``tokens``, ``trained_tokens``, ``priority``, ``epochs``), ``truncated_at_build`` = 0.
-  Version 2 adds the compatibility record (:mod:`megatron_huatuo.data.compat`): ``tokenizer_sha256`` and
+  Version 2 adds the compatibility record (:mod:`megatron_huatuo.data.compatibility`): ``tokenizer_sha256`` and
   ``max_token_id`` (also per source); version 1 directories still load (the trainer then scans the ids).
 - per source ``<prefix>.bin/.idx``: megatron-core indexed dataset, one document (one sequence) per formatted
   conversation; ``<prefix>_loss_mask.bin/.idx``: a uint8 indexed dataset with exactly the same sequence lengths

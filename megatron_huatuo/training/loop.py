@@ -110,8 +110,8 @@ def record_arch(recipe: Recipe, arch, ckpt_dir: str) -> None:
 
 def _check_data(recipe: Recipe, log) -> None:
     """Refuse, before the model is built, a dataset that is truncated or holds ids past the model's vocabulary
-    (megatron_huatuo/data/compat.py); every rank runs it, so all of them stop with the same one-line error."""
-    from megatron_huatuo.data.compat import check_dataset_fits
+    (megatron_huatuo/data/compatibility.py); every rank runs it, so all of them stop with the same one-line error."""
+    from megatron_huatuo.data.compatibility import check_dataset_fits
     from megatron_huatuo.runtime import destroy
 
     vocab, vocab_from = recipe.model.vocab_size, "model.vocab_size"

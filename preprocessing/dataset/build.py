@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from megatron_huatuo.atomic import atomic_directory, single_writer
-from megatron_huatuo.data import compat
+from megatron_huatuo.data import compatibility
 from megatron_huatuo.data.one_stage_format import FORMAT_VERSION, MANIFEST, MASK_SUFFIX
 from megatron_huatuo.data.priority import PrioritySettings
 from megatron_huatuo.data.templates import Template, Tokenizer, encode_conversations, get_template
@@ -170,7 +170,7 @@ def _assemble(cfg: BuildConfig, inputs: list[tuple[str, str]], results: list[dic
     rows_per_file: Dict[str, int] = defaultdict(int)
     for res in results:
         rows_per_file[res["path"]] += res["rows"]
-    fits = compat.record(cfg.tokenizer, tok.vocab_size, tok.eos_id, max(s["max_token_id"] for s in sources),
+    fits = compatibility.record(cfg.tokenizer, tok.vocab_size, tok.eos_id, max(s["max_token_id"] for s in sources),
                          template.name, cfg.seq_length)  # what the trainer checks the model against
     manifest = {"format_version": FORMAT_VERSION, **fits, "seed": cfg.seed,
                 "inputs": [{"path": p, "role": role, "rows": rows_per_file[p]} for p, role in inputs],

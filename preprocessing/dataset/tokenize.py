@@ -8,7 +8,7 @@ sequence of every document that has tokens; a document without tokens is kept as
 uint16 below 65,500 ids, else int32 (see :mod:`megatron_huatuo.data.tokenizer` for the tokenizer semantics).
 
 Beside each output it writes ``{prefix}.manifest.json``, the compatibility record the trainer checks the model
-against (:mod:`megatron_huatuo.data.compat`); Megatron-LM tools ignore it.
+against (:mod:`megatron_huatuo.data.compatibility`); Megatron-LM tools ignore it.
 
 Differences that do not change the output for input Megatron-LM accepts: blank lines are skipped (Megatron-LM
 stops with a JSON error), and a bad line stops the run with ``file:line: reason``.
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from megatron_huatuo.atomic import single_writer
-from megatron_huatuo.data import compat
+from megatron_huatuo.data import compatibility
 from preprocessing.dataset.formats import FormatError
 from preprocessing.dataset.shards import (Range, ShardWriter, StreamShard, TempDir, iter_lines, line_number,
                                           merge_stream, optimal_dtype, plan_ranges, refuse_empty_inputs, run_ordered)
@@ -135,7 +135,7 @@ def tokenize(cfg: TokenizeConfig) -> dict:
     """Tokenise every input (in order) into one indexed dataset per JSON key; returns counts and timing.
 
     Every key's ``.bin``/``.idx`` is first merged in a scratch directory beside the output, then renamed into place,
-    and its ``<prefix>.manifest.json`` (compatibility record, :mod:`megatron_huatuo.data.compat`) is written last,
+    and its ``<prefix>.manifest.json`` (compatibility record, :mod:`megatron_huatuo.data.compatibility`) is written last,
     so a killed run leaves either the previous files or complete new ones, and never a record of other files.
     """
     if cfg.workers < 1:
@@ -161,12 +161,11 @@ def tokenize(cfg: TokenizeConfig) -> dict:
                            "staged": staged, "max_id": max((p.max_id for p in parts), default=-1)}
         for key, r in report.items():  # every key merged: only renames and small records from here on
             final, staged = r["prefix"], r.pop("staged")
-            compat.prefix_manifest_path(final).unlink(missing_ok=True)  # a record never outlives its files
+            compatibility.prefix_manifest_path(final).unlink(missing_ok=True)  # a record never outlives its files
             os.replace(f"{staged}.bin", f"{final}.bin")
             os.replace(f"{staged}.idx", f"{final}.idx")
-            compat.write_prefix_manifest(final, compat.record(cfg.tokenizer, tok.vocab_size, tok.eos_id,
-                                                              r.pop("max_id")),
-                                         os.path.getsize(f"{final}.bin"), r["documents"])
+            fits = compatibility.record(cfg.tokenizer, tok.vocab_size, tok.eos_id, r.pop("max_id"))
+            compatibility.write_prefix_manifest(final, fits, os.path.getsize(f"{final}.bin"), r["documents"])
     seconds = time.perf_counter() - t0
     nbytes = sum(res[1] for res in results)
     return {"outputs": report, "bytes": nbytes, "seconds": seconds, "workers": cfg.workers,

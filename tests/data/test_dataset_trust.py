@@ -18,7 +18,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from huatuo_testing import DEMO_PAIRS, DEMO_SFT_EN, REPO_ROOT
 from megatron_huatuo.config.recipe import DataConfig
-from megatron_huatuo.data.compat import VocabularyMismatch, check_dataset_fits, prefix_manifest_path
+from megatron_huatuo.data.compatibility import VocabularyMismatch, check_dataset_fits, prefix_manifest_path
 from megatron_huatuo.data.indexed_files import TruncatedDataset, check_prefix
 from megatron_huatuo.locking import lock_path
 from preprocessing.dataset.cli import main as dataset_main
