@@ -61,10 +61,10 @@ def _remote_code_files(hf_dir: Path, released: Tuple[str, ...]) -> List[str]:
     """The remote-code files a directory needs: the released set when its modeling file is absent; otherwise the
     configuration and modeling files and every module they import relatively (``from .quantizer import ...``,
     also inside functions), which is what transformers itself checks before it runs them."""
-    config_file, modeling_file = released[0], released[1]
-    needed, todo = [config_file, modeling_file], [modeling_file, config_file]
+    config_file, modeling_file = released[:2]
     if not (hf_dir / modeling_file).exists():
         return list(released)
+    needed, todo = [config_file, modeling_file], [modeling_file, config_file]
     while todo:
         path = hf_dir / todo.pop()
         if not path.exists():

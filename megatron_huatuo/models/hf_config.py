@@ -38,10 +38,10 @@ COMPARED_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_quer
                    "max_position_embeddings", "norm_eps", "position_embedding", "rotary_base", "norm_head",
                    "tie_embeddings", "qkv_bias", "rope_scaling_factor", "head_dim")
 
-# Keys that do not change the forward pass (or are read elsewhere: token ids by the exporter).
-# the head's rows L2-normalised in the forward: Baichuan2's NormHead written without the class name
+# The head's rows L2-normalised in the forward: Baichuan2's NormHead written without the class name.
 _NORMALISED_HEAD = re.compile(r"normalize\(\s*self\.(?:lm_head\.)?weight")
 
+# Keys that do not change the forward pass (or are read elsewhere: token ids by the exporter).
 _IGNORED = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache", "bos_token_id",
             "eos_token_id", "pad_token_id", "architectures", "auto_map", "tokenizer_class", "_from_model_config",
             "pretraining_tp",  # Llama-2: a matmul slicing in old transformers, same result
@@ -130,8 +130,8 @@ def _baichuan_position(config: dict, beside: Optional[Path], where: str) -> _Rea
     ``max_position_embeddings`` (7B has it, 13B only ``model_max_length``) and their modeling files in the
     position code (7B: ``RotaryEmbedding``; 13B: ``_get_interleave`` / alibi masks). NormHead (Baichuan2, not
     Baichuan 1) shows in the modeling file as ``class NormHead`` (the released files) or as an L2 normalisation of
-    the head's weight in the forward (``normalize(self.lm_head.weight ...)``, re-written files); without the file, the Baichuan2 vocabulary
-    (125,696) says Baichuan2."""
+    the head's weight in the forward (``normalize(self.lm_head.weight ...)``, re-written files); without the file,
+    the Baichuan2 vocabulary (125,696) says Baichuan2."""
     reading = _Reading({})
     by_config = None
     if config.get("max_position_embeddings") is not None:
